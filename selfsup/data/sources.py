@@ -1,0 +1,89 @@
+"""`load_images`: resolve a SRC string (built-in name, folder, or file) to decoded images."""
+from __future__ import annotations
+
+import os
+import re
+
+from selfsup.data.arrays import images_from_array, load_label_file, load_npy, load_npz
+from selfsup.data.digits import load_digits
+from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
+from selfsup.data.folder import load_folder
+from selfsup.data.idx import looks_like_idx_images, read_idx
+from selfsup.data.types import ImageData
+from selfsup.errors import SelfSupError
+
+SPLITS = ("train", "test")
+FASHION_NAMES = ("fashion-mnist", "fmnist")
+SUPPORTED = (
+    "'fashion-mnist', 'digits', a folder of .png/.jpg/.jpeg images, a directory of MNIST-format IDX files, "
+    "a .npy or .npz array, or an IDX image file (*-idx3-ubyte[.gz])"
+)
+_IDX_NAME = re.compile(r"idx3-ubyte(\.gz)?$", re.IGNORECASE)
+# train-images-idx3-ubyte -> train-labels-idx1-ubyte (also the images.idx3 spelling some mirrors use)
+_SIBLING = re.compile(r"images([-.])idx3")
+
+
+def _no_labels_arg(labels: str | None, src: str) -> None:
+    """Refuse a label file for sources that carry their own labels (or none), rather than ignore it."""
+    if labels:
+        raise SelfSupError(f"a labels file can only be given with a .npy, .npz or IDX image source, not {src}")
+
+
+def _idx_sibling(path: str) -> str | None:
+    """The label file paired with an IDX image file by name, if it exists."""
+    head, name = os.path.split(path)
+    if not _SIBLING.search(name):
+        return None
+    candidate = os.path.join(head, _SIBLING.sub(r"labels\1idx1", name, count=1))
+    return candidate if os.path.isfile(candidate) else None
+
+
+def load_idx_images(path: str, labels: str | None = None) -> ImageData:
+    """Load a single IDX image file, with labels from `labels` or an auto-paired sibling file."""
+    arr = read_idx(path)
+    if arr.ndim != 3:
+        raise SelfSupError(f"expected a 3-D IDX image file (N,H,W) in {path}, got shape {arr.shape}")
+    images = images_from_array(arr, path)
+    label_path = labels or _idx_sibling(path)
+    y = load_label_file(label_path, len(images)) if label_path else None
+    return ImageData(images, y, name=path)
+
+
+def load_images(src: str, split: str = "train", labels: str | None = None) -> ImageData | None:
+    """Decode SRC's `split` to CPU tensors; None for "test" when the source has no separate test split."""
+    if split not in SPLITS:
+        raise SelfSupError(f"unknown split {split!r}: expected 'train' or 'test'")
+    src = os.fspath(src)
+    key = src.strip().lower()
+    if key in FASHION_NAMES:
+        _no_labels_arg(labels, src)
+        return load_fashion_mnist(split)
+    if key == "digits":
+        _no_labels_arg(labels, src)
+        return load_digits(split)
+
+    path = os.path.abspath(os.path.expanduser(src))
+    if not os.path.exists(path):
+        raise SelfSupError(f"no such file or directory: {path}")
+    if os.path.isdir(path):
+        _no_labels_arg(labels, path)
+        if find_mnist_files(path) is not None:
+            return load_mnist_dir(path, split)
+        data = load_folder(path)
+        return data if split == "train" else None
+
+    loader = _file_loader(path)
+    # single files hold one split: the caller makes its own holdout
+    return loader(path, labels) if split == "train" else None
+
+
+def _file_loader(path: str):
+    """Pick the loader for a single file by extension, then by IDX magic bytes."""
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        return load_npy
+    if lower.endswith(".npz"):
+        return load_npz
+    if _IDX_NAME.search(lower) or looks_like_idx_images(path):
+        return load_idx_images
+    raise SelfSupError(f"unsupported data source: {path} (supported: {SUPPORTED})")
