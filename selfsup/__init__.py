@@ -1,0 +1,6 @@
+"""selfsup: self-supervised representation learning with honest evaluation."""
+from .api import Config, embed, evaluate, pretrain
+from .errors import SelfSupError
+
+__version__ = "0.1.0"
+__all__ = ["Config", "SelfSupError", "embed", "evaluate", "pretrain", "__version__"]

@@ -1,0 +1,140 @@
+"""The Python API: everything the CLI does is one call here."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import ImageData, load_images
+from .device import pick_device
+from .errors import SelfSupError
+from .evaluate import evaluate_encoder, extract_features, format_markdown
+from .models import build_backbone
+from .rundir import load_run
+from .train.loop import pretrain
+
+__all__ = ["Config", "pretrain", "evaluate", "embed", "eval_defaults"]
+
+
+def eval_defaults(device: torch.device) -> dict:
+    """Evaluation budgets fitted to the hardware (fine-tuning dominates the cost on a CPU)."""
+    if device.type == "cuda":
+        return dict(linear_epochs=100, finetune_epochs=30, finetune_max_steps=None)
+    return dict(linear_epochs=30, finetune_epochs=3, finetune_max_steps=150)
+
+
+def _holdout(data: ImageData, seed: int, fraction: float = 0.2) -> tuple[ImageData, ImageData]:
+    """A seeded class-stratified split (train, test) for sources without a test split."""
+    g = torch.Generator().manual_seed(seed)
+    test_idx = []
+    for c in data.labels.unique():
+        idx = (data.labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        test_idx.append(idx[: max(1, round(fraction * len(idx)))])
+    mask = torch.zeros(len(data), dtype=torch.bool)
+    mask[torch.cat(test_idx)] = True
+    return data.subset((~mask).nonzero().flatten()), data.subset(mask.nonzero().flatten())
+
+
+def load_eval_splits(src: str, labels: str | None = None, seed: int = 0) -> tuple[ImageData, ImageData, str]:
+    """Labelled (train, test) splits of a source, and a note on where the test split came from."""
+    train = load_images(src, "train", labels=labels)
+    if train.labels is None:
+        raise SelfSupError(f"{src} has no labels; evaluation needs labelled data (class subfolders, "
+                           "an npz 'labels' array, or --labels FILE)")
+    test = load_images(src, "test", labels=labels)
+    if test is None or test.labels is None:
+        train, test = _holdout(train, seed)
+        return train, test, "seeded stratified 80/20 holdout of the labelled data"
+    return train, test, "the source's own test split"
+
+
+def _check_shape(data: ImageData, in_shape: tuple, what: str) -> None:
+    if tuple(data.images.shape[1:]) != tuple(in_shape):
+        raise SelfSupError(f"{what} has images of shape {tuple(data.images.shape[1:])}; "
+                           f"the run was trained on {tuple(in_shape)} (C,H,W)")
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None = None,
+             fractions=(0.01, 0.1, 1.0), protocols=("knn", "linear", "finetune"), baselines: bool = True,
+             k: int = 200, temperature: float = 0.1, linear_epochs: int | None = None,
+             finetune_epochs: int | None = None, finetune_max_steps: int | None = -1, device: str = "auto",
+             seed: int = 0, progress: bool | None = None) -> dict:
+    """Evaluate a run's frozen backbone next to the baselines; writes eval.json and eval.md into the run dir."""
+    run = load_run(run_dir)
+    dev = pick_device(device)
+    src = data or run.config.data
+    train, test, split_note = load_eval_splits(src, labels or (run.config.labels if data is None else None), seed)
+    _check_shape(train, run.in_shape, src)
+    budget = eval_defaults(dev)
+    linear_epochs = linear_epochs or budget["linear_epochs"]
+    finetune_epochs = finetune_epochs or budget["finetune_epochs"]
+    if finetune_max_steps == -1:
+        finetune_max_steps = budget["finetune_max_steps"]
+    from .views.recipes import finetune_views
+
+    def make_random():
+        torch.manual_seed(seed + 1)
+        return build_backbone(run.config.backbone, run.in_shape)
+
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    result = evaluate_encoder(
+        run.backbone, make_random, train.images, train.labels, test.images, test.labels, num_classes,
+        run.mean, run.std, dev, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
+        baselines=baselines, k=k, temperature=temperature, linear_epochs=linear_epochs,
+        finetune_epochs=finetune_epochs, finetune_max_steps=finetune_max_steps,
+        augment=finetune_views(run.in_shape[-1], run.mean, run.std), seed=seed,
+        progress=progress is not False)
+    result.update(run_dir=str(run_dir), method=run.config.method, backbone=run.config.backbone,
+                  pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
+                  linear_epochs=linear_epochs, finetune_epochs=finetune_epochs,
+                  finetune_max_steps=finetune_max_steps)
+    md = _markdown_report(result)
+    run_path = Path(run_dir)
+    (run_path / "eval.json").write_text(json.dumps(result, indent=2))
+    (run_path / "eval.md").write_text(md + "\n")
+    result["markdown"] = md
+    return result
+
+
+def _markdown_report(result: dict) -> str:
+    head = (f"**{result['method']}** ({result['backbone']}, {result['pretrain_epochs']} epochs) on "
+            f"{result['data']}: train {result['splits']['train']}, test {result['splits']['test']} "
+            f"({result['test_split']}); kNN k={result['k']}, T={result['temperature']}; device {result['device']}")
+    return head + "\n\n" + format_markdown(result)
+
+
+def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "train", labels: str | None = None,
+          device: str = "auto", batch_size: int = 1024) -> Path:
+    """Write the backbone's features of every image of `data`, in input order, to .npy or .npz."""
+    out = Path(out)
+    if out.suffix not in (".npy", ".npz"):
+        raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
+    run = load_run(run_dir)
+    dev = pick_device(device)
+    images = load_images(data, split, labels=labels)
+    if images is None:
+        raise SelfSupError(f"{data} has no {split!r} split")
+    _check_shape(images, run.in_shape, data)
+    t0 = time.perf_counter()
+    feats = extract_features(run.backbone.to(dev), images.images, run.mean, run.std, dev, batch_size=batch_size)
+    feats = feats.cpu().numpy().astype(np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, feats)
+    else:
+        arrays = {"features": feats}
+        if images.labels is not None:
+            arrays["labels"] = images.labels.numpy()
+        if images.paths is not None:
+            arrays["paths"] = np.array(images.paths, dtype=np.str_)
+        np.savez(out, **arrays)
+    import sys
+
+    print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {out} in {time.perf_counter() - t0:.1f}s",
+          file=sys.stderr)
+    return out

@@ -1,0 +1,54 @@
+"""Run-directory outputs: metrics as JSON lines and curves as PNG."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON record as a line (flushed at once so a crash keeps what was logged)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All records of a JSON-lines file (empty when missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
+    """Write loss.png (and knn.png when kNN was monitored) from the epoch records in metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in read_jsonl(metrics_path) if r.get("event") == "epoch"]
+    if not recs:
+        return []
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    ep = [r["epoch"] for r in recs]
+    loss = [r["loss"] for r in recs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, loss, marker="o")
+    ax.set(xlabel="epoch", ylabel="training loss", title="Pretraining loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(plots_dir / "loss.png", dpi=100)
+    plt.close(fig)
+    written.append(plots_dir / "loss.png")
+    knn = [(r["epoch"], r["knn"]) for r in recs if r.get("knn") is not None and not math.isnan(r["knn"])]
+    if knn:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([e for e, _ in knn], [100 * a for _, a in knn], marker="o", color="tab:green")
+        ax.set(xlabel="epoch", ylabel="kNN accuracy (%)", title="Online kNN monitor (k=200, T=0.1)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(plots_dir / "knn.png", dpi=100)
+        plt.close(fig)
+        written.append(plots_dir / "knn.png")
+    return written

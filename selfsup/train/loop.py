@@ -1,0 +1,200 @@
+"""One training loop for every method: device, precision, compile, schedule, checkpoints, resume, logging."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config, resolve
+from ..data import ImageData, load_images
+from ..device import autocast, pick_device
+from ..errors import SelfSupError
+from ..rundir import RunPaths, build_method
+from ..views.recipes import dataset_stats
+from .checkpoint import load_checkpoint, save_atomic
+from .logging import append_jsonl, plot_curves
+from .monitor import KNNMonitor
+from .optim import build_optimizer, lr_at
+
+CHECK_EVERY = 25  # steps between finiteness checks (each one is a device sync)
+
+
+class TrainingDiverged(SelfSupError):
+    """The loss became NaN or infinite."""
+
+
+def _seed(seed: int, epoch: int, stream: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, random stream): resume needs no RNG state."""
+    return (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<method>-<data>-<timestamp>."""
+    data = Path(cfg.data).name or cfg.data
+    return Path("runs") / f"{cfg.method}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = None,
+             monitor: tuple[ImageData, ImageData] | None = None, progress: bool | None = None,
+             on_epoch_end: Callable[[int], None] | None = None) -> Path:
+    """Pretrain cfg.method on cfg.data and return the run directory.
+
+    With resume=True the run continues from RUN_DIR/checkpoints/last.pt; cfg.epochs (if set) is the new total.
+    `train` and `monitor` (bank, queries) may be given directly instead of loaded from cfg.data.
+    """
+    if resume:
+        if cfg.out is None:
+            raise SelfSupError("--resume needs the run directory (--out RUN_DIR)")
+        paths = RunPaths(Path(cfg.out))
+        saved = Config.load(paths.config)
+        cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
+        ckpt = load_checkpoint(paths.last)
+    else:
+        ckpt = None
+    device = pick_device(cfg.device)
+    cfg = resolve(cfg, device.type)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
+    if not resume and paths.last.exists():
+        raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another --out")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, out=str(paths.root))
+    cfg.save(paths.config)
+
+    if train is None:
+        train = load_images(cfg.data, "train", labels=cfg.labels)
+    n = len(train)
+    if n < 2:
+        raise SelfSupError(f"{cfg.data} has {n} image(s); pretraining needs at least 2")
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs
+    in_shape = tuple(train.images.shape[1:])
+    if ckpt is not None:
+        if tuple(ckpt["in_shape"]) != in_shape:
+            raise SelfSupError(f"data shape {in_shape} differs from the run's {tuple(ckpt['in_shape'])}")
+        mean, std = list(ckpt["mean"]), list(ckpt["std"])
+    else:
+        mean, std = dataset_stats(train.images)
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+
+    method = build_method(cfg, in_shape, mean, std).to(device)
+    use_cl = device.type == "cuda"
+    if use_cl:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
+    start_epoch, step = 0, 0
+    if ckpt is not None:
+        method.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        _say(f"resuming {paths.root} at epoch {start_epoch}/{cfg.epochs}")
+    forward = torch.compile(method) if cfg.compile else method
+    amp = cfg.precision in ("auto", "bf16")
+
+    images = train.images.to(device)
+    if monitor is None and train.labels is not None:
+        monitor = _default_monitor(cfg, train, device)
+    knn = KNNMonitor(*monitor, mean=mean, std=std, device=device) if monitor is not None and cfg.knn_every > 0 else None
+
+    if ckpt is None and hasattr(method, "views"):
+        from ..views.preview import save_preview
+
+        save_preview(train.images[:8], method.views, paths.plots / "views.png", mean=mean, std=std,
+                     generator=torch.Generator().manual_seed(cfg.seed))
+
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    show = sys.stderr.isatty() if progress is None else progress
+    last_good = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        method.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0))).to(device)
+        gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, epoch, 1))
+        loss_sum = torch.zeros((), device=device)
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+                   file=sys.stderr, dynamic_ncols=True)
+        for i in range(steps_per_epoch):
+            x = images[perm[i * bs:(i + 1) * bs]]
+            lr = lr_at(step, total_steps, warmup, cfg.lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with torch.no_grad():
+                views = method.make_views(x, gen)
+            if use_cl:
+                views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+            with autocast(device, amp):
+                loss, _ = forward(*views)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if hasattr(method, "on_step_end"):
+                method.on_step_end((step + 1) / total_steps)
+            loss_sum += loss.detach().float()
+            step += 1
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
+                mean_loss = loss_sum.item() / (i + 1)  # NaN/inf stick in the sum, so checking it is enough
+                if not torch.isfinite(torch.tensor(mean_loss)):
+                    _diverged(paths, epoch, step, last_good, mean_loss)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+            bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss_sum.item() / steps_per_epoch, lr=lr,
+                      seconds=round(seconds, 3), images_per_s=round(steps_per_epoch * bs / seconds, 1))
+        if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            record["knn"] = knn(method.backbone)
+        state = dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, step=step,
+                     config=cfg.to_dict(), in_shape=list(in_shape), mean=mean, std=std, data_name=train.name)
+        save_atomic(state, paths.last)
+        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+            save_atomic(state, paths.checkpoints / f"epoch_{epoch + 1:04d}.pt")
+        last_good = epoch + 1
+        append_jsonl(paths.metrics, record)
+        plot_curves(paths.metrics, paths.plots)
+        knn_txt = f"  kNN {100 * record['knn']:.1f}%" if "knn" in record else ""
+        _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}{knn_txt}  {seconds:.1f}s "
+             f"({record['images_per_s']:.0f} img/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+    return paths.root
+
+
+def _diverged(paths: RunPaths, epoch: int, step: int, last_good: int, value: float) -> None:
+    append_jsonl(paths.metrics, dict(event="diverged", epoch=epoch + 1, step=step, loss=value))
+    where = f"{paths.last} (epoch {last_good})" if last_good > 0 else "none (no epoch had finished)"
+    raise TrainingDiverged(f"loss became {value} in epoch {epoch + 1} (step {step}); training stopped. "
+                           f"Last good checkpoint: {where}. Try a lower --lr.")
+
+
+def _default_monitor(cfg: Config, train: ImageData, device: torch.device) -> tuple[ImageData, ImageData] | None:
+    """kNN monitor data: a bank from the training set and queries from the test split (or a holdout)."""
+    cpu = device.type != "cuda"
+    try:
+        test = load_images(cfg.data, "test", labels=cfg.labels)
+    except SelfSupError:
+        test = None
+    g = torch.Generator().manual_seed(cfg.seed)
+    if test is None or test.labels is None:
+        perm = torch.randperm(len(train), generator=g)
+        cut = max(1, len(train) // 5)
+        test, bank = train.subset(perm[:cut]), train.subset(perm[cut:])
+    else:
+        bank = train
+    # On a CPU a subset keeps the monitor to a few seconds; the final `selfsup eval` uses everything.
+    if cpu and len(bank) > 10000:
+        bank = bank.subset(torch.randperm(len(bank), generator=g)[:10000])
+    if cpu and len(test) > 2000:
+        test = test.subset(torch.randperm(len(test), generator=g)[:2000])
+    return bank, test

@@ -1,0 +1,70 @@
+"""Optimizers (SGD, LARS, AdamW) with biases and norm weights kept out of decay, and warmup + cosine."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import SelfSupError
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al.); groups with `lars_exclude` skip decay and adaptation."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if not g["lars_exclude"]:
+                    d = d.add(p, alpha=g["weight_decay"])
+                    p_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    trust = torch.where((p_norm > 0) & (d_norm > 0), g["eta"] * p_norm / d_norm, torch.ones_like(p_norm))
+                    d = d.mul(trust)
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.clone(d).detach()
+                else:
+                    buf.mul_(g["momentum"]).add_(d)
+                p.add_(buf, alpha=-g["lr"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights (decayed, adapted) and biases/norm parameters (neither), trainable ones only."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay, lars_exclude=False),
+            dict(params=no_decay, weight_decay=0.0, lars_exclude=True)]
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9):
+    """An optimizer by name over the model's trainable parameters."""
+    groups = param_groups(model, weight_decay)
+    if name == "sgd":
+        for g in groups:
+            g.pop("lars_exclude")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum)
+    if name == "adamw":
+        for g in groups:
+            g.pop("lars_exclude")
+        return torch.optim.AdamW(groups, lr=lr)
+    raise SelfSupError(f"unknown optimizer {name!r}; choose from sgd, lars, adamw")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, final_ratio: float = 0.0) -> float:
+    """Linear warmup from 0 to base_lr, then cosine decay to base_lr * final_ratio."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    t = min(max(t, 0.0), 1.0)
+    return base_lr * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
