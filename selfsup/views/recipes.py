@@ -1,0 +1,116 @@
+"""View recipes: short lists of batched ops. A recipe maps (uint8 batch, generator) -> normalised float views."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from . import ops
+
+
+def default_blur_kernel(size: int) -> int:
+    """The odd number nearest 10% of the image size, at least 3 (SimCLR's choice)."""
+    k = max(3, int(round(0.1 * size)))
+    return k if k % 2 == 1 else k + 1
+
+
+@dataclass
+class SimCLRViews:
+    """Random resized crop, flip, colour jitter, grayscale, blur, solarize, normalise."""
+
+    size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+    flip_p: float = 0.5
+    blur_kernel: int | None = None
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        g = generator
+        v = ops.random_resized_crop(ops.to_float(x), self.size, scale=self.crop_scale, generator=g)
+        v = ops.random_hflip(v, self.flip_p, generator=g)
+        if self.jitter_p > 0:
+            v = ops.random_color_jitter(v, *self.jitter, p=self.jitter_p, generator=g)
+        if self.gray_p > 0:
+            v = ops.random_grayscale(v, self.gray_p, generator=g)
+        if self.blur_p > 0:
+            v = ops.random_gaussian_blur(v, self.blur_p, kernel_size=self.blur_kernel or default_blur_kernel(self.size),
+                                         generator=g)
+        if self.solarize_p > 0:
+            v = ops.random_solarize(v, self.solarize_p, generator=g)
+        return ops.normalize(v, self.mean, self.std)
+
+
+def simclr_views(size: int, mean, std) -> SimCLRViews:
+    """SimCLR's recipe; crops keep at least 20% of images under 64 px (8% of 28 px leaves almost nothing), blur only from 64 px."""
+    return SimCLRViews(size, mean, std, crop_scale=(0.08, 1.0) if size >= 64 else (0.2, 1.0),
+                       blur_p=0.5 if size >= 64 else 0.0)
+
+
+def moco_v2_views(size: int, mean, std) -> SimCLRViews:
+    """MoCo v2's recipe: SimCLR's with crops of at least 20%."""
+    return SimCLRViews(size, mean, std, crop_scale=(0.2, 1.0), blur_p=0.5 if size >= 64 else 0.0)
+
+
+def byol_views(size: int, mean, std) -> tuple[SimCLRViews, SimCLRViews]:
+    """BYOL's asymmetric pair: blur 1.0/0.1, solarize 0/0.2."""
+    scale = (0.08, 1.0) if size >= 64 else (0.2, 1.0)
+    return (SimCLRViews(size, mean, std, crop_scale=scale, blur_p=1.0, solarize_p=0.0),
+            SimCLRViews(size, mean, std, crop_scale=scale, blur_p=0.1, solarize_p=0.2))
+
+
+@dataclass
+class EvalViews:
+    """No randomness: to float and normalise."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return ops.normalize(ops.to_float(x), self.mean, self.std)
+
+
+def eval_views(mean, std) -> EvalViews:
+    """The evaluation transform."""
+    return EvalViews(mean, std)
+
+
+@dataclass
+class FinetuneViews:
+    """Light augmentation for supervised fine-tuning: resized crop (50-100%) and flip."""
+
+    size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        v = ops.random_resized_crop(ops.to_float(x), self.size, scale=(0.5, 1.0), generator=generator)
+        return ops.normalize(ops.random_hflip(v, 0.5, generator=generator), self.mean, self.std)
+
+
+def finetune_views(size: int, mean, std) -> FinetuneViews:
+    """The fine-tuning transform."""
+    return FinetuneViews(size, mean, std)
+
+
+@torch.no_grad()
+def dataset_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a uint8 (N,C,H,W) tensor, in [0,1] units, computed in chunks."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    n = 0
+    for i in range(0, images.shape[0], chunk):
+        x = images[i:i + chunk].to(torch.float64).div_(255.0)
+        s += x.sum(dim=(0, 2, 3)).cpu()
+        s2 += x.pow(2).sum(dim=(0, 2, 3)).cpu()
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / n
+    std = (s2 / n - mean.pow(2)).clamp(min=1e-12).sqrt()
+    return [float(v) for v in mean], [max(float(v), 1e-3) for v in std]

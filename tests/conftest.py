@@ -1,0 +1,16 @@
+"""Shared fixtures: small real data (scikit-learn's digits) and CPU-only settings."""
+import pytest
+import torch
+
+from selfsup.data import load_images
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(train, test) ImageData of the 8x8 digits."""
+    return load_images("digits", "train"), load_images("digits", "test")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_threads():
+    torch.set_num_threads(2)

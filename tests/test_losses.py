@@ -1,0 +1,62 @@
+"""Losses against their formulas, written independently with F.cross_entropy."""
+import torch
+import torch.nn.functional as F
+
+from selfsup.losses import info_nce, nt_xent, reconstruction_mse
+
+
+def reference_nt_xent(z1, z2, t):
+    """SimCLR's loss on the (2N x 2N) similarity matrix: row i's positive is its pair, self-similarity excluded."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.T / t
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def test_nt_xent_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    for n, d, t in [(8, 16, 0.5), (32, 128, 0.1), (5, 3, 1.0)]:
+        z1, z2 = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+        torch.testing.assert_close(nt_xent(z1, z2, t), reference_nt_xent(z1, z2, t), rtol=1e-5, atol=1e-5)
+
+
+def test_nt_xent_gradients_match_reference():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(16, 8, generator=g, requires_grad=True)
+    b = torch.randn(16, 8, generator=g, requires_grad=True)
+    ga = torch.autograd.grad(nt_xent(a, b, 0.2), [a, b])
+    gb = torch.autograd.grad(reference_nt_xent(a, b, 0.2), [a, b])
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_nt_xent_prefers_aligned_pairs():
+    z = torch.randn(16, 32)
+    aligned = nt_xent(z, z + 0.01 * torch.randn_like(z), 0.1)
+    shuffled = nt_xent(z, z[torch.randperm(16)], 0.1)
+    assert aligned < shuffled - 1.0
+
+
+def test_info_nce_matches_reference():
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    queue = F.normalize(torch.randn(64, 16, generator=g), dim=1)
+    qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    logits = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ queue.T], 1) / 0.07
+    ref = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
+    torch.testing.assert_close(info_nce(q, k, queue, 0.07), ref)
+
+
+def test_info_nce_gives_no_gradient_to_keys():
+    q = torch.randn(4, 8, requires_grad=True)
+    k = torch.randn(4, 8, requires_grad=True)
+    info_nce(q, k, F.normalize(torch.randn(16, 8), dim=1)).backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    assert k.grad is None
+
+
+def test_reconstruction_mse():
+    a, b = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    torch.testing.assert_close(reconstruction_mse(a, b), ((a - b) ** 2).mean())

@@ -1,0 +1,152 @@
+"""Optimizer groups, LARS, schedule, checkpoints, MoCo's key encoder and queue."""
+import math
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.errors import SelfSupError
+from selfsup.methods.ema import cosine_momentum, ema_update, momentum_copy
+from selfsup.models import build_backbone
+from selfsup.train.checkpoint import load_checkpoint, save_atomic
+from selfsup.train.optim import LARS, build_optimizer, lr_at, param_groups
+
+
+def tiny_net():
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_param_groups_keep_biases_and_norms_out_of_decay():
+    net = tiny_net()
+    decay, no_decay = param_groups(net, 0.1)
+    assert {id(p) for p in decay["params"]} == {id(net[0].weight), id(net[3].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(net[0].bias), id(net[1].weight), id(net[1].bias), id(net[3].bias)}
+    assert no_decay["weight_decay"] == 0 and no_decay["lars_exclude"]
+
+
+def test_lars_adapts_weights_but_not_biases():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(10, 10))
+    b = nn.Parameter(torch.randn(10))
+    opt = LARS([dict(params=[w], weight_decay=0.0, lars_exclude=False),
+                dict(params=[b], weight_decay=0.0, lars_exclude=True)], lr=1.0, momentum=0.0, eta=0.02)
+    w.grad = torch.full_like(w, 100.0)
+    b.grad = torch.full_like(b, 0.5)
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    opt.step()
+    # Weight step is rescaled to eta * ||w|| regardless of the gradient's size; the bias takes the plain SGD step.
+    assert torch.linalg.vector_norm(w0 - w.detach()).item() == pytest.approx(0.02 * w0.norm().item(), rel=1e-4)
+    torch.testing.assert_close(b.detach(), b0 - 0.5)
+
+
+def test_optimizers_build_and_step():
+    for name in ("sgd", "lars", "adamw"):
+        net = tiny_net()
+        opt = build_optimizer(name, net, 0.1, 1e-4)
+        net(torch.randn(6, 4)).sum().backward()
+        opt.step()
+    with pytest.raises(SelfSupError):
+        build_optimizer("rmsprop", tiny_net(), 0.1, 0.0)
+
+
+def test_warmup_then_cosine():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_checkpoint_is_atomic_and_loads_without_pickled_code(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    save_atomic({"w": torch.arange(3), "epoch": 2, "config": {"a": [1, 2]}}, path)
+    assert load_checkpoint(path)["epoch"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(SelfSupError, match="cannot read checkpoint"):
+        load_checkpoint(evil)
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic({"epoch": 1}, path)
+    with pytest.raises(Exception):
+        save_atomic({"epoch": 2, "bad": lambda: 0}, path)  # lambdas cannot be saved
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_ema_and_momentum_schedule():
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    t = momentum_copy(a)
+    assert t is not a and all(p.requires_grad is False for p in t.parameters())
+    before = t.weight.detach().clone()
+    ema_update(t, b, 0.9)
+    torch.testing.assert_close(t.weight, 0.9 * before + 0.1 * b.weight.detach())
+    assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99)
+    assert cosine_momentum(0.99, 1.0) == pytest.approx(1.0)
+
+
+def make_moco(queue_size=16):
+    from selfsup.methods.moco import MoCo
+
+    return MoCo(build_backbone("small_cnn", (1, 8, 8)), (1, 8, 8), [0.5], [0.25], proj_hidden=32, proj_dim=8,
+                queue_size=queue_size, momentum=0.9)
+
+
+def test_moco_key_encoder_is_a_separate_momentum_copy():
+    torch.manual_seed(0)
+    m = make_moco()
+    q_params = dict(m.backbone.named_parameters())
+    k_params = dict(m.key_backbone.named_parameters())
+    assert m.key_backbone is not m.backbone and m.key_projector is not m.projector
+    for name, p in q_params.items():
+        assert k_params[name].data_ptr() != p.data_ptr()  # distinct storage
+        assert not k_params[name].requires_grad
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    v1, v2 = m.make_views(x, torch.Generator().manual_seed(0))
+    k_before = {n: p.detach().clone() for n, p in m.key_backbone.named_parameters()}
+    loss, _ = m(v1, v2)
+    loss.backward()
+    assert all(p.grad is None for p in m.key_backbone.parameters())
+    assert all(p.grad is None for p in m.key_projector.parameters())
+    q_before = {n: p.detach().clone() for n, p in m.backbone.named_parameters()}
+    opt.step()
+    k_mid = {n: p.detach().clone() for n, p in m.key_backbone.named_parameters()}
+    for n in k_before:  # the optimizer never touches the keys
+        torch.testing.assert_close(k_mid[n], k_before[n])
+    m.on_step_end(0.5)
+    for n, p in m.key_backbone.named_parameters():
+        expected = 0.9 * k_before[n] + 0.1 * dict(m.backbone.named_parameters())[n].detach()
+        torch.testing.assert_close(p.detach(), expected)
+    assert any(not torch.equal(q_before[n], p.detach()) for n, p in m.backbone.named_parameters())
+
+
+def test_moco_queue_enqueues_and_dequeues_in_order():
+    m = make_moco(queue_size=10)
+    keys = [torch.full((4, 8), float(i)) for i in range(1, 4)]
+    m.enqueue(keys[0])
+    assert m.queue_ptr.item() == 4 and (m.queue[:4] == 1).all()
+    m.enqueue(keys[1])
+    assert m.queue_ptr.item() == 8 and (m.queue[4:8] == 2).all()
+    m.enqueue(keys[2])  # wraps: slots 8,9 then 0,1 (the oldest) are replaced
+    assert m.queue_ptr.item() == 2
+    assert (m.queue[8:10] == 3).all() and (m.queue[0:2] == 3).all() and (m.queue[2:4] == 1).all()
+
+
+def test_moco_forward_enqueues_current_keys():
+    torch.manual_seed(0)
+    m = make_moco(queue_size=16)
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    v1, v2 = m.make_views(x, torch.Generator().manual_seed(0))
+    m(v1, v2)
+    torch.testing.assert_close(m.queue[:4], m.keys(v2), atol=1e-5, rtol=1e-5)
+    assert m.queue_ptr.item() == 4
