@@ -35,14 +35,15 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """A four-stage conv net that trains in minutes on a CPU; width sets the channels of the first stage."""
 
-    def __init__(self, in_chans: int, width: int = 32):
+    def __init__(self, in_chans: int, width: int = 32, stem_stride: int = 2):
         super().__init__()
         w = width
+        # Downsampling in the stem keeps the full-resolution activations (the CPU's bottleneck) small.
         self.features = nn.Sequential(
-            _conv_bn(in_chans, w, 1),
+            _conv_bn(in_chans, w, stem_stride),
             _conv_bn(w, 2 * w, 2),
             _conv_bn(2 * w, 4 * w, 2),
-            _conv_bn(4 * w, 8 * w, 2),
+            _conv_bn(4 * w, 8 * w, 1),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
@@ -82,7 +83,7 @@ def build_backbone(name: str, in_shape: tuple[int, int, int]) -> nn.Module:
     if name == "resnet50":
         return ResNet(50, c, small)
     if name == "small_cnn":
-        return SmallCNN(c)
+        return SmallCNN(c, stem_stride=2 if min(h, w) >= 24 else 1)
     if name == "mlp":
         return MLPEncoder(in_shape)
     raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")

@@ -89,7 +89,7 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
         mean, std = [float(v) for v in mean], [float(v) for v in std]
 
     method = build_method(cfg, in_shape, mean, std).to(device)
-    use_cl = device.type == "cuda"
+    use_cl = len(in_shape) == 3  # channels_last pays on GPU and on CPU alike
     if use_cl:
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
