@@ -1,4 +1,16 @@
-"""Batched view ops on the device with per-sample parameters; each equals torchvision's functional op per sample."""
+"""Batched view ops on the device with per-sample parameters.
+
+Every op comes in two layers:
+
+* a deterministic op taking explicit per-sample parameters (tensors of shape (B,)), equal to
+  torchvision's functional op (``torchvision.transforms.functional``) applied to each sample with the
+  same parameters — this is what the tests check;
+* a ``random_*`` sampler drawing those parameters from a ``torch.Generator`` (on the generator's
+  device) and calling the deterministic op.
+
+Inputs are float32 batches (B, C, H, W) in [0, 1] with C in {1, 3} (use :func:`to_float` on uint8).
+There are no per-sample Python loops and no data-dependent control flow, so nothing forces a device sync.
+"""
 from __future__ import annotations
 
 import math
@@ -7,120 +19,199 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "to_float", "normalize",
+    "resized_crop", "random_resized_crop_params", "random_resized_crop",
+    "hflip", "random_hflip",
+    "rgb_to_gray", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue",
+    "color_jitter", "random_color_jitter",
+    "to_grayscale", "random_grayscale",
+    "gaussian_kernels", "gaussian_blur", "random_gaussian_blur",
+    "solarize", "random_solarize",
+]
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    return generator.device if generator is not None else fallback
+
+
+def _rand(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U[0,1) drawn on the generator's device (or `device` without one), returned on `device`."""
+    u = torch.rand(shape, generator=generator, device=_gen_device(generator, device))
+    return u.to(device)
+
+
+def _uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
+    return _rand(n, generator, device) * (hi - lo) + lo
+
+
+def _bernoulli(n: int, p: float, generator, device) -> torch.Tensor:
+    return _rand(n, generator, device) < p
+
+
+def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B,1,1,1) on x's device/dtype."""
+    return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+
+
+def _bmask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return mask.to(device=x.device, dtype=torch.bool).view(-1, 1, 1, 1)
+
+
+def _check_channels(x: torch.Tensor) -> int:
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected a (B, C, H, W) batch with C in {{1, 3}}, got shape {tuple(x.shape)}")
+    return x.shape[1]
+
+
+# ------------------------------------------------------------------------------ conversion / normalise
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0,255] -> float32 [0,1]."""
+    """uint8 [0,255] -> float32 [0,1]; float input is returned as float32 unchanged."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=g.device) * (hi - lo) + lo
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Per-channel (x - mean) / std; equals TF.normalize."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
 
 
-def _bmask(mask: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, 1, 1, 1)
+# ------------------------------------------------------------------------------------ resized crop
 
+def resized_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
+                 width: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop box (top, left, height, width) of each sample, bilinearly resized to (size, size).
 
-def resized_crop(x: torch.Tensor, top, left, height, width, size: int) -> torch.Tensor:
-    """Crop box (top,left,height,width) of each sample, bilinearly resized to size x size (one grid_sample)."""
+    Equals ``TF.resized_crop(x[i], top[i], left[i], height[i], width[i], [size, size], antialias=False)``
+    (and antialias=True when the crop is upsampled). One ``grid_sample`` on a per-sample grid: output
+    pixel o of a crop of length w maps to src = (o + 0.5) * w / S - 0.5 clamped to [0, w - 1], exactly
+    like ``F.interpolate(..., mode="bilinear", align_corners=False)``.
+    """
     b, _, h_in, w_in = x.shape
     dev = x.device
-    o = torch.arange(size, device=dev, dtype=torch.float32) + 0.5
+    o = torch.arange(size, device=dev, dtype=torch.float32).view(1, -1) + 0.5
 
     def axis(start, length, full):
-        length = length.to(dev, torch.float32).view(-1, 1)
-        src = (o.view(1, -1) * length / size - 0.5).clamp(min=0)
-        src = torch.minimum(src, length - 1)  # interpolate clamps to the crop's last pixel
-        return ((start.to(dev, torch.float32).view(-1, 1) + src + 0.5) / full) * 2 - 1
+        length = torch.as_tensor(length, device=dev).to(torch.float32).view(-1, 1)
+        start = torch.as_tensor(start, device=dev).to(torch.float32).view(-1, 1)
+        src = (o * length / size - 0.5).clamp(min=0.0)
+        src = torch.minimum(src, length - 1.0)  # the upper neighbour clamps to the crop's last pixel
+        return (start + src + 0.5) / full * 2.0 - 1.0
 
-    gy = axis(top, height, h_in)
-    gx = axis(left, width, w_in)
-    grid = torch.stack([gx.view(b, 1, size).expand(b, size, size), gy.view(b, size, 1).expand(b, size, size)], -1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gy = axis(top, height, h_in).expand(b, size)  # (B, S)
+    gx = axis(left, width, w_in).expand(b, size)
+    grid = torch.stack([gx.view(b, 1, size).expand(b, size, size),
+                        gy.view(b, size, 1).expand(b, size, size)], dim=-1)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_resized_crop_params(b: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                               generator: torch.Generator | None = None, tries: int = 10):
-    """torchvision's RandomResizedCrop.get_params, vectorised: each sample takes its first valid of 10 tries."""
+def random_resized_crop_params(b: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                               generator: torch.Generator | None = None, tries: int = 10,
+                               device: torch.device | str | None = None):
+    """torchvision's ``RandomResizedCrop.get_params``, vectorised over the batch.
+
+    All `tries` attempts are drawn for every sample at once; each sample takes its first attempt that
+    fits, else the ratio-clamped centre crop. Returns long tensors (top, left, h, w), each (B,), on
+    the generator's device (or `device`).
+    """
+    dev = torch.device(device) if device is not None else _gen_device(generator, torch.device("cpu"))
     g = generator
-    dev = g.device if g is not None else torch.device("cpu")
-    area = h * w
-    target = area * (torch.rand(b, tries, generator=g, device=dev) * (scale[1] - scale[0]) + scale[0])
-    logr = torch.rand(b, tries, generator=g, device=dev) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
-    ar = torch.exp(logr)
-    cw = torch.round(torch.sqrt(target * ar))
-    ch = torch.round(torch.sqrt(target / ar))
-    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = torch.argmax(ok.int(), dim=1)
+    area = float(height * width)
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    u_area = torch.rand(b, tries, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
+    u_ratio = torch.rand(b, tries, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
+    u_top = torch.rand(b, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
+    u_left = torch.rand(b, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
+
+    target = area * (u_area * (scale[1] - scale[0]) + scale[0])
+    aspect = torch.exp(u_ratio * (log_r[1] - log_r[0]) + log_r[0])
+    cw = torch.round(torch.sqrt(target * aspect))  # round-half-even, like Python's round
+    ch = torch.round(torch.sqrt(target / aspect))
+    ok = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+    first = torch.argmax(ok.to(torch.int8), dim=1, keepdim=True)  # first valid try (0 if none)
     any_ok = ok.any(dim=1)
-    cw = cw.gather(1, first[:, None]).squeeze(1)
-    ch = ch.gather(1, first[:, None]).squeeze(1)
-    # Fallback (no try fit): centre crop clamped to the ratio range, as torchvision does.
-    in_ratio = w / h
+    cw = cw.gather(1, first).squeeze(1)
+    ch = ch.gather(1, first).squeeze(1)
+
+    in_ratio = width / height
     if in_ratio < min(ratio):
-        fw, fh = w, int(round(w / min(ratio)))
+        fw, fh = width, int(round(width / min(ratio)))
     elif in_ratio > max(ratio):
-        fh, fw = h, int(round(h * max(ratio)))
+        fh, fw = height, int(round(height * max(ratio)))
     else:
-        fw, fh = w, h
+        fw, fh = width, height
     cw = torch.where(any_ok, cw, torch.full_like(cw, fw)).long()
     ch = torch.where(any_ok, ch, torch.full_like(ch, fh)).long()
-    u1 = torch.rand(b, generator=g, device=dev)
-    u2 = torch.rand(b, generator=g, device=dev)
-    top = torch.floor(u1 * (h - ch + 1)).long()
-    left = torch.floor(u2 * (w - cw + 1)).long()
-    top = torch.where(any_ok, top, (h - ch) // 2)
-    left = torch.where(any_ok, left, (w - cw) // 2)
+    # randint(0, n) == floor(u * n), clamped against float rounding up to n
+    top = torch.minimum(torch.floor(u_top * (height - ch + 1)).long(), height - ch)
+    left = torch.minimum(torch.floor(u_left * (width - cw + 1)).long(), width - cw)
+    top = torch.where(any_ok, top, (height - ch) // 2)
+    left = torch.where(any_ok, left, (width - cw) // 2)
     return top, left, ch, cw
 
 
-def random_resized_crop(x, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
-    """Random resized crop of every sample with its own box."""
-    top, left, h, w = random_resized_crop_params(x.shape[0], x.shape[-2], x.shape[-1], scale, ratio, generator)
-    return resized_crop(x, top, left, h, w, size)
+def random_resized_crop(x: torch.Tensor, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                        generator: torch.Generator | None = None, return_params: bool = False):
+    """Random resized crop of every sample with its own box (RandomResizedCrop semantics).
 
+    Returns the (B, C, size, size) batch, or ``(batch, (top, left, h, w))`` with `return_params`.
+    """
+    params = random_resized_crop_params(x.shape[0], x.shape[-2], x.shape[-1], scale, ratio, generator)
+    params = tuple(p.to(x.device) for p in params)
+    out = resized_crop(x, *params, size)
+    return (out, params) if return_params else out
+
+
+# -------------------------------------------------------------------------------------------- flip
 
 def hflip(x: torch.Tensor, flip_mask: torch.Tensor) -> torch.Tensor:
-    """Mirror the flagged samples left-right."""
-    return torch.where(_bmask(flip_mask), x.flip(-1), x)
+    """Mirror the flagged samples left-right (TF.hflip)."""
+    return torch.where(_bmask(flip_mask, x), x.flip(-1), x)
 
 
-def random_hflip(x, p: float = 0.5, generator=None):
+def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each sample with probability p."""
-    return hflip(x, torch.rand(x.shape[0], generator=generator, device=x.device) < p)
+    return hflip(x, _bernoulli(x.shape[0], p, generator, x.device))
 
+
+# ------------------------------------------------------------------------------------ colour jitter
 
 def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601-2 luma (torchvision's weights), keeping one channel."""
+    """ITU-R 601-2 luma with torchvision's weights, one channel (B,1,H,W); identity for C=1."""
     if x.shape[1] == 1:
         return x
-    return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def _blend(a, b, ratio):
-    r = ratio.view(-1, 1, 1, 1)
-    return (r * a + (1 - r) * b).clamp(0, 1)
+def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    r = _col(ratio, a)
+    return (r * a + (1.0 - r) * b).clamp(0.0, 1.0)
 
 
-def adjust_brightness(x, f):
-    """x * f, clamped to [0,1]."""
+def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """x * f clamped to [0,1], per-sample f (TF.adjust_brightness)."""
     return _blend(x, torch.zeros_like(x), f)
 
 
-def adjust_contrast(x, f):
-    """Blend with the mean of the grayscale image."""
+def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Blend with the mean of each sample's grayscale image (TF.adjust_contrast)."""
     mean = rgb_to_gray(x).mean(dim=(-3, -2, -1), keepdim=True)
     return _blend(x, mean, f)
 
 
-def adjust_saturation(x, f):
-    """Blend with the grayscale image; unchanged for one channel."""
+def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Blend with the grayscale image (TF.adjust_saturation); unchanged for one channel, like torchvision."""
     if x.shape[1] == 1:
         return x
     return _blend(x, rgb_to_gray(x), f)
 
 
-def _rgb2hsv(img):
+def _rgb2hsv(img: torch.Tensor) -> torch.Tensor:
+    # torchvision's tensor implementation (batched already: it works on the -3 dim).
     r, g, b = img.unbind(dim=-3)
     maxc = torch.max(img, dim=-3).values
     minc = torch.min(img, dim=-3).values
@@ -135,20 +226,18 @@ def _rgb2hsv(img):
     hr = (maxc == r) * (bc - gc)
     hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
     hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = (hr + hg + hb) / 6.0 + 1.0
-    h = torch.fmod(h, 1.0)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
     return torch.stack((h, s, maxc), dim=-3)
 
 
-def _hsv2rgb(img):
+def _hsv2rgb(img: torch.Tensor) -> torch.Tensor:
     h, s, v = img.unbind(dim=-3)
     i = torch.floor(h * 6.0)
-    f = (h * 6.0) - i
-    i = i.to(dtype=torch.int32)
-    p = torch.clamp((v * (1.0 - s)), 0.0, 1.0)
-    q = torch.clamp((v * (1.0 - s * f)), 0.0, 1.0)
-    t = torch.clamp((v * (1.0 - s * (1.0 - f))), 0.0, 1.0)
-    i = i % 6
+    f = h * 6.0 - i
+    i = i.to(dtype=torch.int32) % 6
+    p = torch.clamp(v * (1.0 - s), 0.0, 1.0)
+    q = torch.clamp(v * (1.0 - s * f), 0.0, 1.0)
+    t = torch.clamp(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
     mask = i.unsqueeze(dim=-3) == torch.arange(6, device=i.device).view(-1, 1, 1)
     a1 = torch.stack((v, q, p, p, t, v), dim=-3)
     a2 = torch.stack((t, v, v, q, p, p), dim=-3)
@@ -157,12 +246,12 @@ def _hsv2rgb(img):
     return torch.einsum("...ijk, ...xijk -> ...xjk", mask.to(dtype=img.dtype), a4)
 
 
-def adjust_hue(x, h):
-    """Rotate hue by h (in [-0.5, 0.5]) through HSV; unchanged for one channel."""
+def adjust_hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by per-sample h in [-0.5, 0.5] through HSV (TF.adjust_hue); unchanged for one channel."""
     if x.shape[1] == 1:
         return x
     hsv = _rgb2hsv(x)
-    hue = torch.remainder(hsv[:, 0] + h.view(-1, 1, 1), 1.0)
+    hue = torch.remainder(hsv[:, 0] + h.to(device=x.device, dtype=x.dtype).view(-1, 1, 1), 1.0)
     return _hsv2rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
 
 
@@ -170,62 +259,86 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 _IDENTITY = (1.0, 1.0, 1.0, 0.0)
 
 
-def color_jitter(x, brightness, contrast, saturation, hue, order, apply_mask):
-    """Brightness/contrast/saturation/hue with per-sample factors in a per-sample order (order: (B,4) of op ids).
+def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
+                 hue: torch.Tensor, order: torch.Tensor, apply_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ColorJitter with per-sample factors (B,) and per-sample op order (B,4) of op ids
+    (0=brightness, 1=contrast, 2=saturation, 3=hue).
 
-    Each op runs on the whole batch with identity factors where a sample's op at this position differs,
-    so no boolean indexing (and no device sync) is needed.
+    For each position and op, the op runs on the whole batch with the identity factor where the
+    sample's op at that position differs (and the sample is kept bit-exactly there), so there is no
+    boolean indexing and no device sync. Samples with ``apply_mask`` False are left unchanged
+    (RandomApply). Saturation and hue are skipped on one channel (torchvision leaves it unchanged).
     """
-    factors = (brightness, contrast, saturation, hue)
-    ops = range(4) if x.shape[1] == 3 else range(2)  # saturation and hue leave one channel unchanged
+    c = _check_channels(x)
+    b = x.shape[0]
+    if apply_mask is None:
+        apply_mask = torch.ones(b, dtype=torch.bool, device=x.device)
+    apply_mask = apply_mask.to(device=x.device, dtype=torch.bool)
+    order = order.to(x.device)
+    factors = [f.to(device=x.device, dtype=x.dtype) for f in (brightness, contrast, saturation, hue)]
+    ops = range(4) if c == 3 else range(2)
     out = x
     for pos in range(4):
         for k in ops:
             sel = (order[:, pos] == k) & apply_mask
-            if x.shape[1] == 1 and k >= 2:
-                continue
             f = torch.where(sel, factors[k], torch.full_like(factors[k], _IDENTITY[k]))
-            out = torch.where(_bmask(sel), _JITTER_OPS[k](out, f), out)
+            out = torch.where(_bmask(sel, out), _JITTER_OPS[k](out, f), out)
     return out
 
 
-def random_color_jitter(x, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8, generator=None):
-    """ColorJitter applied with probability p, factors and op order drawn per sample."""
-    g = generator
-    b = x.shape[0]
-    fb = _uniform(b, max(0, 1 - brightness), 1 + brightness, g)
-    fc = _uniform(b, max(0, 1 - contrast), 1 + contrast, g)
-    fs = _uniform(b, max(0, 1 - saturation), 1 + saturation, g)
-    fh = _uniform(b, -hue, hue, g)
-    order = torch.argsort(torch.rand(b, 4, generator=g, device=g.device), dim=1)
-    mask = torch.rand(b, generator=g, device=g.device) < p
-    return color_jitter(x, fb, fc, fs, fh, order, mask)
+def random_color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
+                        hue: float = 0.1, p: float = 0.8, generator: torch.Generator | None = None,
+                        return_params: bool = False):
+    """RandomApply(ColorJitter(b, c, s, h), p): factors uniform in [max(0,1-v), 1+v], hue in [-h, h],
+    order a uniformly random permutation per sample. With `return_params` also returns a dict of them."""
+    if not 0.0 <= hue <= 0.5:
+        raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+    b, dev, g = x.shape[0], x.device, generator
+    fb = _uniform(b, max(0.0, 1 - brightness), 1 + brightness, g, dev)
+    fc = _uniform(b, max(0.0, 1 - contrast), 1 + contrast, g, dev)
+    fs = _uniform(b, max(0.0, 1 - saturation), 1 + saturation, g, dev)
+    fh = _uniform(b, -hue, hue, g, dev)
+    order = torch.argsort(_rand((b, 4), g, dev), dim=1)
+    mask = _bernoulli(b, p, g, dev)
+    out = color_jitter(x, fb, fc, fs, fh, order, mask)
+    if return_params:
+        return out, dict(brightness=fb, contrast=fc, saturation=fs, hue=fh, order=order, apply_mask=mask)
+    return out
 
 
-def to_grayscale(x, mask):
-    """Replace flagged samples by their 3-channel grayscale; a no-op for one channel."""
-    if x.shape[1] == 1:
+# ---------------------------------------------------------------------------------------- grayscale
+
+def to_grayscale(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace flagged samples by TF.rgb_to_grayscale(img, num_output_channels=3); a no-op for C=1."""
+    if _check_channels(x) == 1:
         return x
-    return torch.where(_bmask(mask), rgb_to_gray(x).expand_as(x), x)
+    return torch.where(_bmask(mask, x), rgb_to_gray(x).expand_as(x), x)
 
 
-def random_grayscale(x, p: float = 0.2, generator=None):
-    """Grayscale each sample with probability p."""
-    return to_grayscale(x, torch.rand(x.shape[0], generator=generator, device=x.device) < p)
+def random_grayscale(x: torch.Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Grayscale each sample with probability p (RandomGrayscale)."""
+    return to_grayscale(x, _bernoulli(x.shape[0], p, generator, x.device))
 
+
+# --------------------------------------------------------------------------------------------- blur
 
 def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """(B, k) normalised 1-D Gaussian kernels, torchvision's formula."""
+    """(B, k) normalised 1-D Gaussian kernels with torchvision's formula."""
     half = (kernel_size - 1) * 0.5
-    xs = torch.linspace(-half, half, steps=kernel_size, device=sigma.device)
-    pdf = torch.exp(-0.5 * (xs.view(1, -1) / sigma.view(-1, 1)).pow(2))
+    xs = torch.linspace(-half, half, steps=kernel_size, device=sigma.device, dtype=torch.float32)
+    pdf = torch.exp(-0.5 * (xs.view(1, -1) / sigma.view(-1, 1).float()).pow(2))
     return pdf / pdf.sum(dim=1, keepdim=True)
 
 
-def gaussian_blur(x, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding and a per-sample sigma (one grouped conv per axis)."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Per-sample Gaussian blur, equal to TF.gaussian_blur(img, [k, k], [s, s]) (reflect padding).
+
+    Separable: two depthwise convs over the batch folded into channels (groups = B*C).
+    """
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
     b, c, h, w = x.shape
-    k = gaussian_kernels(sigma.float(), kernel_size).repeat_interleave(c, dim=0)  # (B*C, k)
+    k = gaussian_kernels(sigma.to(x.device), kernel_size).to(x.dtype).repeat_interleave(c, dim=0)  # (B*C, k)
     pad = kernel_size // 2
     y = F.pad(x.reshape(1, b * c, h, w), (pad, pad, pad, pad), mode="reflect")
     y = F.conv2d(y, k.view(b * c, 1, 1, kernel_size), groups=b * c)
@@ -233,26 +346,23 @@ def gaussian_blur(x, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return y.view(b, c, h, w)
 
 
-def random_gaussian_blur(x, p: float = 0.5, sigma=(0.1, 2.0), kernel_size: int = 3, generator=None):
-    """Blur each sample with probability p and sigma uniform in the range."""
-    g = generator
-    s = _uniform(x.shape[0], sigma[0], sigma[1], g)
-    mask = torch.rand(x.shape[0], generator=g, device=g.device) < p
-    return torch.where(_bmask(mask), gaussian_blur(x, s, kernel_size), x)
+def random_gaussian_blur(x: torch.Tensor, p: float = 0.5, sigma=(0.1, 2.0), kernel_size: int = 3,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur each sample with probability p, sigma uniform in `sigma`; unselected samples unchanged."""
+    b, dev = x.shape[0], x.device
+    s = _uniform(b, sigma[0], sigma[1], generator, dev)
+    mask = _bernoulli(b, p, generator, dev)
+    return torch.where(_bmask(mask, x), gaussian_blur(x, s, kernel_size), x)
 
 
-def solarize(x, threshold: float, mask):
-    """Invert pixels at or above the threshold on flagged samples."""
-    return torch.where(_bmask(mask) & (x >= threshold), 1.0 - x, x)
+# ----------------------------------------------------------------------------------------- solarize
+
+def solarize(x: torch.Tensor, threshold: float, mask: torch.Tensor) -> torch.Tensor:
+    """On flagged samples invert pixels >= threshold (TF.solarize, float images)."""
+    return torch.where(_bmask(mask, x) & (x >= threshold), 1.0 - x, x)
 
 
-def random_solarize(x, p: float = 0.2, threshold: float = 0.5, generator=None):
+def random_solarize(x: torch.Tensor, p: float = 0.2, threshold: float = 0.5,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Solarize each sample with probability p."""
-    return solarize(x, threshold, torch.rand(x.shape[0], generator=generator, device=x.device) < p)
-
-
-def normalize(x, mean: Sequence[float], std: Sequence[float]):
-    """Per-channel (x - mean) / std."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
+    return solarize(x, threshold, _bernoulli(x.shape[0], p, generator, x.device))

@@ -1,28 +1,38 @@
-"""Augmentation preview: originals beside their views, as a PNG a person can check."""
+"""Augmentation preview: originals beside their views, as a PNG a person can check (headless, Agg)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 
 def save_preview(images_uint8: torch.Tensor, recipe, path, n: int = 8, n_views: int = 2,
-                 generator: torch.Generator | None = None, mean=(0.5,), std=(0.5,)) -> Path:
-    """Write a grid: each row is an original image followed by `n_views` augmented views."""
-    import matplotlib
+                 generator: torch.Generator | None = None, mean: Sequence[float] = (0.5,),
+                 std: Sequence[float] = (0.5,), title: str = "Augmentation preview") -> Path:
+    """Write a PNG grid: each row is one original image followed by `n_views` augmented views.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Views are de-normalised with (mean, std) back to [0,1] for display; one-channel images use a gray
+    colormap. Uses matplotlib's Agg canvas directly (no pyplot state, works without a display).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    x = images_uint8[:n].cpu()
-    g = generator or torch.Generator().manual_seed(0)
-    views = [recipe(x, g) for _ in range(n_views)]
-    m = torch.as_tensor(mean).view(1, -1, 1, 1)
-    s = torch.as_tensor(std).view(1, -1, 1, 1)
-    views = [(v.float() * s + m).clamp(0, 1) for v in views]
-    cols = [x.float() / 255] + views
+    x = images_uint8[:n]
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    g = generator if generator is not None else torch.Generator(device=x.device).manual_seed(0)
+    with torch.no_grad():
+        views = [recipe(x, g).float().cpu() for _ in range(n_views)]
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    views = [(v * s + m).clamp(0, 1) for v in views]
+    cols = [x.cpu().float() / 255.0] + views
     rows = x.shape[0]
-    fig, axes = plt.subplots(rows, len(cols), figsize=(1.6 * len(cols), 1.6 * rows), squeeze=False)
+
+    fig = Figure(figsize=(1.6 * len(cols), 1.6 * rows + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, len(cols), squeeze=False)
     for r in range(rows):
         for c, col in enumerate(cols):
             img = col[r].permute(1, 2, 0).numpy()
@@ -35,10 +45,9 @@ def save_preview(images_uint8: torch.Tensor, recipe, path, n: int = 8, n_views: 
             ax.set_yticks([])
             if r == 0:
                 ax.set_title("original" if c == 0 else f"view {c}", fontsize=9)
-    fig.suptitle("Augmentation preview", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

@@ -1,6 +1,7 @@
 """View recipes: short lists of batched ops. A recipe maps (uint8 batch, generator) -> normalised float views."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -11,8 +12,7 @@ from . import ops
 
 def default_blur_kernel(size: int) -> int:
     """The odd number nearest 10% of the image size, at least 3 (SimCLR's choice)."""
-    k = max(3, int(round(0.1 * size)))
-    return k if k % 2 == 1 else k + 1
+    return max(3, 2 * int(math.floor(0.05 * size)) + 1)
 
 
 @dataclass
@@ -29,9 +29,11 @@ class SimCLRViews:
     blur_p: float = 0.0
     solarize_p: float = 0.0
     flip_p: float = 0.5
-    blur_kernel: int | None = None
+    blur_kernel: int | None = None  # default: default_blur_kernel(size)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (B,C,H,W) -> normalised float32 (B,C,size,size), parameters drawn per sample."""
         g = generator
         v = ops.random_resized_crop(ops.to_float(x), self.size, scale=self.crop_scale, generator=g)
         v = ops.random_hflip(v, self.flip_p, generator=g)
@@ -40,8 +42,8 @@ class SimCLRViews:
         if self.gray_p > 0:
             v = ops.random_grayscale(v, self.gray_p, generator=g)
         if self.blur_p > 0:
-            v = ops.random_gaussian_blur(v, self.blur_p, kernel_size=self.blur_kernel or default_blur_kernel(self.size),
-                                         generator=g)
+            v = ops.random_gaussian_blur(v, self.blur_p, sigma=self.blur_sigma,
+                                         kernel_size=self.blur_kernel or default_blur_kernel(self.size), generator=g)
         if self.solarize_p > 0:
             v = ops.random_solarize(v, self.solarize_p, generator=g)
         return ops.normalize(v, self.mean, self.std)
@@ -89,7 +91,7 @@ class FinetuneViews:
     mean: Sequence[float]
     std: Sequence[float]
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         v = ops.random_resized_crop(ops.to_float(x), self.size, scale=(0.5, 1.0), generator=generator)
         return ops.normalize(ops.random_hflip(v, 0.5, generator=generator), self.mean, self.std)
 
@@ -101,16 +103,25 @@ def finetune_views(size: int, mean, std) -> FinetuneViews:
 
 @torch.no_grad()
 def dataset_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of a uint8 (N,C,H,W) tensor, in [0,1] units, computed in chunks."""
+    """Per-channel mean and (population) std of a uint8 (N,C,H,W) tensor, in [0,1] units.
+
+    Computed in chunks with exact integer sums for uint8 (float64 for float input in [0,1]).
+    The std is floored at 1e-3 so a constant channel cannot divide by zero.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
     c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    n = 0
+    is_int = not torch.is_floating_point(images)
+    acc = torch.int64 if is_int else torch.float64
+    s = torch.zeros(c, dtype=acc, device=images.device)
+    s2 = torch.zeros(c, dtype=acc, device=images.device)
     for i in range(0, images.shape[0], chunk):
-        x = images[i:i + chunk].to(torch.float64).div_(255.0)
-        s += x.sum(dim=(0, 2, 3)).cpu()
-        s2 += x.pow(2).sum(dim=(0, 2, 3)).cpu()
-        n += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s / n
-    std = (s2 / n - mean.pow(2)).clamp(min=1e-12).sqrt()
+        x = images[i:i + chunk].to(torch.int32 if is_int else torch.float64)
+        s += x.sum(dim=(0, 2, 3), dtype=acc)
+        s2 += (x * x).sum(dim=(0, 2, 3), dtype=acc)
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    unit = 255.0 if is_int else 1.0
+    mean = s.cpu().double() / (n * unit)
+    var = s2.cpu().double() / (n * unit * unit) - mean.pow(2)
+    std = var.clamp(min=0.0).sqrt()
     return [float(v) for v in mean], [max(float(v), 1e-3) for v in std]
