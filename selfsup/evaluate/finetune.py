@@ -1,0 +1,96 @@
+"""End-to-end fine-tuning of a copy of a backbone plus a fresh linear head."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..device import autocast
+from .features import extract_features, normalizer
+
+
+def _cosine_with_warmup(total: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tensor, test_x_u8: torch.Tensor,
+             test_y: torch.Tensor, num_classes: int, mean, std, device,
+             augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+             epochs: int = 10, batch_size: int = 256, lr: float = 0.05, weight_decay: float = 5e-4,
+             max_steps: int | None = None, seed: int = 0) -> float:
+    """Fine-tune ``copy.deepcopy(backbone)`` + a fresh ``nn.Linear(feature_dim, num_classes)``; return test accuracy.
+
+    SGD (momentum 0.9, Nesterov), linear warmup (5% of steps) then cosine decay, cross-entropy, bf16 autocast on
+    CUDA. ``augment(u8_batch_on_device, generator)`` must return a normalised float batch; without it the batch is
+    only normalised. ``max_steps`` caps the number of optimizer steps. Weight decay skips biases and norm
+    parameters. The caller's backbone is never modified. From an untrained backbone this is supervised training
+    from scratch.
+    """
+    device = torch.device(device)
+    normalize = normalizer(mean, std, device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)  # head init, dropout, ... reproducible without touching the caller's RNG
+        model = copy.deepcopy(backbone).to(device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        head = nn.Linear(int(model.feature_dim), num_classes).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        params = list(model.parameters()) + list(head.parameters())
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}],
+                              lr=lr, momentum=0.9, nesterov=True)
+
+        x_all = train_x_u8.to(device)
+        y_all = train_y.to(device).long()
+        n = x_all.shape[0]
+        bs = min(batch_size, n)
+        steps_per_epoch = max(1, n // bs)  # drop the ragged last batch (BatchNorm and tiny batches)
+        total = epochs * steps_per_epoch
+        if max_steps is not None:
+            total = min(total, int(max_steps))
+        total = max(1, total)
+        warmup = max(1, round(0.05 * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(total, warmup))
+
+        model.train()
+        head.train()
+        step = 0
+        while step < total:
+            perm = torch.randperm(n, generator=gen, device=device)
+            for b in range(steps_per_epoch):
+                if step >= total:
+                    break
+                idx = perm[b * bs:(b + 1) * bs]
+                xb = x_all[idx]
+                x = augment(xb, gen) if augment is not None else normalize(xb)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device):
+                    logits = head(model(x))
+                loss = F.cross_entropy(logits.float(), y_all[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+
+        feats = extract_features(model, test_x_u8, mean, std, device)
+        with torch.no_grad():
+            pred = head.eval()(feats).argmax(1)
+        return (pred == test_y.to(device)).float().mean().item()

@@ -1,0 +1,121 @@
+"""One call that evaluates an encoder under kNN / linear / fine-tune protocols next to honest baselines."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import SelfSupError
+from .features import extract_features
+from .finetune import finetune
+from .knn import knn_accuracy
+from .linear import linear_probe
+from .subsets import class_balanced_subset
+
+PROTOCOLS = ("knn", "linear", "finetune")
+RANDOM_ROW = "random init"
+PIXELS_ROW = "raw pixels"
+
+
+def evaluate_encoder(backbone: nn.Module, make_random_backbone: Callable[[], nn.Module],
+                     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     num_classes: int, mean: Sequence[float], std: Sequence[float], device, *,
+                     name: str = "selfsup", fractions: Sequence[float] = (0.01, 0.1, 1.0),
+                     protocols: Sequence[str] = PROTOCOLS, baselines: bool = True, k: int = 200,
+                     temperature: float = 0.1, linear_epochs: int = 100, finetune_epochs: int = 10,
+                     finetune_max_steps: int | None = None, augment=None, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Evaluate ``backbone`` (and, with ``baselines``, a random-init copy of its architecture and raw pixels).
+
+    For every label fraction f the training subset is ``class_balanced_subset(train_y, f, seed)``; the test
+    split is only ever used for the final accuracy. Frozen features are extracted once per encoder (eval mode)
+    for all train and test images and then indexed. The backbone is moved to ``device``.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    protocols = tuple(protocols)
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad:
+        raise SelfSupError(f"unknown protocol(s) {bad}; choose from {list(PROTOCOLS)}")
+    train_y = train_y.to(device).long()
+    test_y = test_y.to(device).long()
+    frozen = "knn" in protocols or "linear" in protocols
+
+    # row name -> (backbone or None, (train features, test features) or None)
+    rows: dict[str, tuple[nn.Module | None, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+
+    def encoder_row(model: nn.Module):
+        model = model.to(device)
+        feats = None
+        if frozen:
+            feats = (extract_features(model, train_x, mean, std, device),
+                     extract_features(model, test_x, mean, std, device))
+        return model, feats
+
+    rows[name] = encoder_row(backbone)
+    if baselines:
+        rows[RANDOM_ROW] = encoder_row(make_random_backbone())
+        pixels = None
+        if frozen:
+            pixels = tuple(x.to(device).reshape(x.shape[0], -1).float().div_(255.0) for x in (train_x, test_x))
+        rows[PIXELS_ROW] = (None, pixels)
+
+    subsets = {f: class_balanced_subset(train_y, f, seed) for f in fractions}
+    jobs = [(row, f, p) for row in rows for f in fractions for p in protocols
+            if not (row == PIXELS_ROW and p == "finetune")]
+    results = {(row, f): {"features": row, "fraction": f, "labels": int(subsets[f].numel()),
+                          "knn": None, "linear": None, "finetune": None}
+               for f in fractions for row in rows}
+
+    bar = tqdm(jobs, disable=not progress, desc="evaluate", leave=False)
+    for row, f, p in bar:
+        bar.set_postfix_str(f"{row} | {f:g} | {p}")
+        model, feats = rows[row]
+        idx = subsets[f]
+        if p == "knn":
+            acc = knn_accuracy(feats[0][idx], train_y[idx], feats[1], test_y, num_classes,
+                               k=k, temperature=temperature)
+        elif p == "linear":
+            acc = linear_probe(feats[0][idx], train_y[idx], feats[1], test_y, num_classes,
+                               epochs=linear_epochs, seed=seed)
+        else:
+            idx_cpu = idx.to(train_x.device)
+            acc = finetune(model, train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes, mean, std, device,
+                           augment=augment, epochs=finetune_epochs, max_steps=finetune_max_steps, seed=seed)
+        results[(row, f)][p] = acc
+    bar.close()
+
+    return {"splits": {"train": int(train_x.shape[0]), "test": int(test_x.shape[0])},
+            "num_classes": int(num_classes), "k": int(k), "temperature": float(temperature),
+            "results": list(results.values()), "seconds": time.perf_counter() - t0}
+
+
+def _fraction_label(f: float, n: int) -> str:
+    return f"{f * 100:g}% ({n})"
+
+
+def format_markdown(result: dict) -> str:
+    """Markdown table ``features | labels | kNN | linear | fine-tune``; the best value per fraction and column in bold."""
+    cols = (("knn", "kNN"), ("linear", "linear"), ("finetune", "fine-tune"))
+    rows = result["results"]
+    fractions = sorted({r["fraction"] for r in rows})
+    lines = ["| features | labels | kNN | linear | fine-tune |", "|---|---|---:|---:|---:|"]
+    for f in fractions:
+        group = [r for r in rows if r["fraction"] == f]
+        best = {}
+        for key, _ in cols:
+            vals = [round(100 * r[key], 1) for r in group if r[key] is not None]
+            best[key] = max(vals) if vals else None
+        for r in group:
+            cells = []
+            for key, _ in cols:
+                if r[key] is None:
+                    cells.append("—")
+                else:
+                    v = round(100 * r[key], 1)
+                    cells.append(f"**{v:.1f}**" if v == best[key] else f"{v:.1f}")
+            lines.append(f"| {r['features']} | {_fraction_label(f, r['labels'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,25 @@
+"""Deterministic class-balanced label subsets for low-label evaluation."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import SelfSupError
+
+
+def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Sorted indices taking ``max(1, round(fraction * n_c))`` samples of every class c (seeded, deterministic).
+
+    ``fraction == 1.0`` returns every index. Indices live on ``labels``' device.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise SelfSupError(f"label fraction must be in (0, 1], got {fraction}")
+    y = labels.detach().cpu().long()
+    if fraction >= 1.0:
+        return torch.arange(y.shape[0], device=labels.device)
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(y).tolist():
+        idx = (y == c).nonzero(as_tuple=True)[0]
+        take = max(1, round(fraction * idx.numel()))
+        chosen.append(idx[torch.randperm(idx.numel(), generator=gen)[:take]])
+    return torch.cat(chosen).sort().values.to(labels.device)
