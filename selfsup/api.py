@@ -23,8 +23,9 @@ __all__ = ["Config", "pretrain", "evaluate", "embed", "eval_defaults"]
 def eval_defaults(device: torch.device) -> dict:
     """Evaluation budgets fitted to the hardware (fine-tuning dominates the cost on a CPU)."""
     if device.type == "cuda":
-        return dict(linear_epochs=100, finetune_epochs=30, finetune_max_steps=None)
-    return dict(linear_epochs=30, finetune_epochs=3, finetune_max_steps=150)
+        return dict(linear_epochs=100, finetune_epochs=30, finetune_min_steps=500, finetune_max_steps=None)
+    # CPU: every fine-tuning job gets the same 150 steps, whatever the label fraction.
+    return dict(linear_epochs=30, finetune_epochs=3, finetune_min_steps=150, finetune_max_steps=150)
 
 
 def _holdout(data: ImageData, seed: int, fraction: float = 0.2) -> tuple[ImageData, ImageData]:
@@ -87,12 +88,13 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
         run.mean, run.std, dev, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
         baselines=baselines, k=k, temperature=temperature, linear_epochs=linear_epochs,
         finetune_epochs=finetune_epochs, finetune_max_steps=finetune_max_steps,
+        finetune_min_steps=budget["finetune_min_steps"],
         augment=finetune_views(run.in_shape[-1], run.mean, run.std), seed=seed,
         progress=progress is not False)
     result.update(run_dir=str(run_dir), method=run.config.method, backbone=run.config.backbone,
                   pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
                   linear_epochs=linear_epochs, finetune_epochs=finetune_epochs,
-                  finetune_max_steps=finetune_max_steps)
+                  finetune_min_steps=budget["finetune_min_steps"], finetune_max_steps=finetune_max_steps)
     md = _markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))

@@ -26,12 +26,13 @@ def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tenso
              test_y: torch.Tensor, num_classes: int, mean, std, device,
              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
              epochs: int = 10, batch_size: int = 256, lr: float = 0.05, weight_decay: float = 5e-4,
-             max_steps: int | None = None, seed: int = 0) -> float:
+             max_steps: int | None = None, min_steps: int = 0, seed: int = 0) -> float:
     """Fine-tune ``copy.deepcopy(backbone)`` + a fresh ``nn.Linear(feature_dim, num_classes)``; return test accuracy.
 
     SGD (momentum 0.9, Nesterov), linear warmup (5% of steps) then cosine decay, cross-entropy, bf16 autocast on
     CUDA. ``augment(u8_batch_on_device, generator)`` must return a normalised float batch; without it the batch is
-    only normalised. ``max_steps`` caps the number of optimizer steps. Weight decay skips biases and norm
+    only normalised. ``min_steps`` raises the step count for small label subsets (a 1% subset is a few
+    steps an epoch) and ``max_steps`` caps it (CPU budget). Weight decay skips biases and norm
     parameters. The caller's backbone is never modified. From an untrained backbone this is supervised training
     from scratch.
     """
@@ -61,7 +62,7 @@ def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tenso
         n = x_all.shape[0]
         bs = min(batch_size, n)
         steps_per_epoch = max(1, n // bs)  # drop the ragged last batch (BatchNorm and tiny batches)
-        total = epochs * steps_per_epoch
+        total = max(epochs * steps_per_epoch, int(min_steps))
         if max_steps is not None:
             total = min(total, int(max_steps))
         total = max(1, total)

@@ -26,7 +26,8 @@ def evaluate_encoder(backbone: nn.Module, make_random_backbone: Callable[[], nn.
                      name: str = "selfsup", fractions: Sequence[float] = (0.01, 0.1, 1.0),
                      protocols: Sequence[str] = PROTOCOLS, baselines: bool = True, k: int = 200,
                      temperature: float = 0.1, linear_epochs: int = 100, finetune_epochs: int = 10,
-                     finetune_max_steps: int | None = None, augment=None, seed: int = 0,
+                     finetune_max_steps: int | None = None, finetune_min_steps: int = 0, augment=None,
+                     seed: int = 0,
                      progress: bool = True) -> dict:
     """Evaluate ``backbone`` (and, with ``baselines``, a random-init copy of its architecture and raw pixels).
 
@@ -84,7 +85,8 @@ def evaluate_encoder(backbone: nn.Module, make_random_backbone: Callable[[], nn.
         else:
             idx_cpu = idx.to(train_x.device)
             acc = finetune(model, train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes, mean, std, device,
-                           augment=augment, epochs=finetune_epochs, max_steps=finetune_max_steps, seed=seed)
+                           augment=augment, epochs=finetune_epochs, max_steps=finetune_max_steps,
+                           min_steps=finetune_min_steps, seed=seed)
         results[(row, f)][p] = acc
     bar.close()
 

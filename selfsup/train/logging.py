@@ -30,25 +30,23 @@ def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
     if not recs:
         return []
     plots_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    ep = [r["epoch"] for r in recs]
-    loss = [r["loss"] for r in recs]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ep, loss, marker="o")
-    ax.set(xlabel="epoch", ylabel="training loss", title="Pretraining loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(plots_dir / "loss.png", dpi=100)
-    plt.close(fig)
-    written.append(plots_dir / "loss.png")
-    knn = [(r["epoch"], r["knn"]) for r in recs if r.get("knn") is not None and not math.isnan(r["knn"])]
-    if knn:
+
+    def line_plot(xs, ys, ylabel: str, title: str, name: str, color: str) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([e for e, _ in knn], [100 * a for _, a in knn], marker="o", color="tab:green")
-        ax.set(xlabel="epoch", ylabel="kNN accuracy (%)", title="Online kNN monitor (k=200, T=0.1)")
+        ax.plot(xs, ys, marker="o", color=color)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(plots_dir / "knn.png", dpi=100)
+        fig.savefig(plots_dir / name, dpi=100)
         plt.close(fig)
-        written.append(plots_dir / "knn.png")
+        written.append(plots_dir / name)
+
+    written: list[Path] = []
+    line_plot([r["epoch"] for r in recs], [r["loss"] for r in recs], "training loss", "Pretraining loss",
+              "loss.png", "tab:blue")
+    knn = [(r["epoch"], r["knn"]) for r in recs if r.get("knn") is not None and not math.isnan(r["knn"])]
+    if knn:
+        line_plot([e for e, _ in knn], [100 * a for _, a in knn], "kNN accuracy (%)",
+                  f"Online kNN monitor (k=200, T=0.1; bank {recs[-1].get('knn_bank', '?')}, "
+                  f"queries {recs[-1].get('knn_queries', '?')})", "knn.png", "tab:green")
     return written

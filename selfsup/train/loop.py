@@ -154,7 +154,7 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
         record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss_sum.item() / steps_per_epoch, lr=lr,
                       seconds=round(seconds, 3), images_per_s=round(steps_per_epoch * bs / seconds, 1))
         if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-            record["knn"] = knn(method.backbone)
+            record.update(knn=knn(method.backbone), knn_bank=len(knn.bank), knn_queries=len(knn.queries))
         state = dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, step=step,
                      config=cfg.to_dict(), in_shape=list(in_shape), mean=mean, std=std, data_name=train.name)
         save_atomic(state, paths.last)
