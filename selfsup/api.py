@@ -13,6 +13,7 @@ from .data import ImageData, load_images
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
+from .evaluate.subsets import stratified_holdout
 from .models import build_backbone
 from .rundir import load_run
 from .train.loop import pretrain
@@ -28,19 +29,6 @@ def eval_defaults(device: torch.device) -> dict:
     return dict(linear_epochs=30, finetune_epochs=3, finetune_min_steps=150, finetune_max_steps=150)
 
 
-def _holdout(data: ImageData, seed: int, fraction: float = 0.2) -> tuple[ImageData, ImageData]:
-    """A seeded class-stratified split (train, test) for sources without a test split."""
-    g = torch.Generator().manual_seed(seed)
-    test_idx = []
-    for c in data.labels.unique():
-        idx = (data.labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        test_idx.append(idx[: max(1, round(fraction * len(idx)))])
-    mask = torch.zeros(len(data), dtype=torch.bool)
-    mask[torch.cat(test_idx)] = True
-    return data.subset((~mask).nonzero().flatten()), data.subset(mask.nonzero().flatten())
-
-
 def load_eval_splits(src: str, labels: str | None = None, seed: int = 0) -> tuple[ImageData, ImageData, str]:
     """Labelled (train, test) splits of a source, and a note on where the test split came from."""
     train = load_images(src, "train", labels=labels)
@@ -49,7 +37,8 @@ def load_eval_splits(src: str, labels: str | None = None, seed: int = 0) -> tupl
                            "an npz 'labels' array, or --labels FILE)")
     test = load_images(src, "test", labels=labels)
     if test is None or test.labels is None:
-        train, test = _holdout(train, seed)
+        train_idx, test_idx = stratified_holdout(train.labels, 0.2, seed)
+        train, test = train.subset(train_idx), train.subset(test_idx)
         return train, test, "seeded stratified 80/20 holdout of the labelled data"
     return train, test, "the source's own test split"
 

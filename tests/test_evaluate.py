@@ -233,3 +233,13 @@ def test_format_markdown_bold_best():
     md = format_markdown(res)
     assert "| a | 1% (600) | 50.0 | **70.0** | — |" in md
     assert "| b | 1% (600) | **60.0** | 65.0 | **90.0** |" in md
+
+
+def test_stratified_holdout_partitions_every_class():
+    from selfsup.evaluate.subsets import stratified_holdout
+
+    y = torch.arange(10).repeat_interleave(10)
+    tr, te = stratified_holdout(y, 0.2, seed=3)
+    assert sorted(torch.cat([tr, te]).tolist()) == list(range(100))
+    assert torch.bincount(y[te], minlength=10).tolist() == [2] * 10
+    assert torch.equal(te, stratified_holdout(y, 0.2, seed=3)[1])

