@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -124,8 +125,6 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
         if images.paths is not None:
             arrays["paths"] = np.array(images.paths, dtype=np.str_)
         np.savez(out, **arrays)
-    import sys
-
     print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {out} in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)
     return out

@@ -67,7 +67,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
     g.add_argument("--temperature-knn", dest="knn_t", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
     g.add_argument("--linear-epochs", type=int, help="linear-probe epochs (default 100 GPU / 30 CPU)")
-    g.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 30 GPU / 3 CPU)")
+    g.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 30 GPU / 3 CPU; small label subsets get at least 500 GPU / 150 CPU steps)")
     g.add_argument("--finetune-max-steps", type=int, default=-1,
                    help="cap on fine-tuning steps per job (default none on GPU, 150 on CPU; 0 = no cap)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
