@@ -25,6 +25,7 @@ def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     recs = [r for r in read_jsonl(metrics_path) if r.get("event") == "epoch"]
     if not recs:
@@ -35,6 +36,7 @@ def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(xs, ys, marker="o", color=color)
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(plots_dir / name, dpi=100)
@@ -47,6 +49,6 @@ def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
     knn = [(r["epoch"], r["knn"]) for r in recs if r.get("knn") is not None and not math.isnan(r["knn"])]
     if knn:
         line_plot([e for e, _ in knn], [100 * a for _, a in knn], "kNN accuracy (%)",
-                  f"Online kNN monitor (k=200, T=0.1; bank {recs[-1].get('knn_bank', '?')}, "
-                  f"queries {recs[-1].get('knn_queries', '?')})", "knn.png", "tab:green")
+                  f"Online kNN (k=200, T=0.1)\nbank {recs[-1].get('knn_bank', '?')}, "
+                  f"queries {recs[-1].get('knn_queries', '?')}", "knn.png", "tab:green")
     return written
