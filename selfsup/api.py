@@ -14,10 +14,11 @@ from .data import ImageData, load_images
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
-from .evaluate.subsets import stratified_holdout
+from .evaluate.subsets import eval_splits
 from .models import build_backbone
 from .rundir import load_run
 from .train.loop import pretrain
+from .views.recipes import finetune_views
 
 __all__ = ["Config", "pretrain", "evaluate", "embed", "eval_defaults"]
 
@@ -36,12 +37,7 @@ def load_eval_splits(src: str, labels: str | None = None, seed: int = 0) -> tupl
     if train.labels is None:
         raise SelfSupError(f"{src} has no labels; evaluation needs labelled data (class subfolders, "
                            "an npz 'labels' array, or --labels FILE)")
-    test = load_images(src, "test", labels=labels)
-    if test is None or test.labels is None:
-        train_idx, test_idx = stratified_holdout(train.labels, 0.2, seed)
-        train, test = train.subset(train_idx), train.subset(test_idx)
-        return train, test, "seeded stratified 80/20 holdout of the labelled data"
-    return train, test, "the source's own test split"
+    return eval_splits(train, load_images(src, "test", labels=labels), seed)
 
 
 def _check_shape(data: ImageData, in_shape: tuple, what: str) -> None:
@@ -66,8 +62,6 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     finetune_epochs = finetune_epochs or budget["finetune_epochs"]
     if finetune_max_steps == -1:
         finetune_max_steps = budget["finetune_max_steps"]
-    from .views.recipes import finetune_views
-
     def make_random():
         torch.manual_seed(seed + 1)
         return build_backbone(run.config.backbone, run.in_shape)

@@ -72,7 +72,7 @@ def resolve(cfg: Config, device_type: str) -> Config:
     cls = method_class(cfg.method)
     hw = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
     d = cfg.to_dict()
-    merged = {**hw, **{k: v for k, v in cls.defaults.items()}}
+    merged = {**hw, **cls.defaults}
     for k, v in merged.items():
         if k in d and d[k] is None:
             d[k] = v

@@ -243,3 +243,17 @@ def test_stratified_holdout_partitions_every_class():
     assert sorted(torch.cat([tr, te]).tolist()) == list(range(100))
     assert torch.bincount(y[te], minlength=10).tolist() == [2] * 10
     assert torch.equal(te, stratified_holdout(y, 0.2, seed=3)[1])
+
+
+def test_eval_splits_prefers_the_sources_test_split():
+    from selfsup.data import ImageData
+    from selfsup.evaluate.subsets import eval_splits
+
+    y = torch.arange(5).repeat_interleave(10)
+    train = ImageData(torch.zeros(50, 1, 4, 4, dtype=torch.uint8), y)
+    test = ImageData(torch.ones(7, 1, 4, 4, dtype=torch.uint8), torch.zeros(7, dtype=torch.long))
+    tr, te, note = eval_splits(train, test, seed=0)
+    assert tr is train and te is test and "own test split" in note
+    tr, te, note = eval_splits(train, None, seed=0)
+    assert (len(tr), len(te)) == (40, 10) and "holdout" in note
+    assert torch.bincount(te.labels, minlength=5).tolist() == [2] * 5

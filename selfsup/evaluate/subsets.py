@@ -1,9 +1,14 @@
 """Deterministic class-balanced label subsets for low-label evaluation."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import SelfSupError
+
+if TYPE_CHECKING:
+    from ..data import ImageData
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -31,3 +36,11 @@ def stratified_holdout(labels: torch.Tensor, fraction: float = 0.2, seed: int = 
     mask = torch.ones(labels.shape[0], dtype=torch.bool)
     mask[test] = False
     return mask.nonzero(as_tuple=True)[0], test
+
+
+def eval_splits(train: "ImageData", test: "ImageData | None", seed: int = 0) -> tuple["ImageData", "ImageData", str]:
+    """(train, test, note): the source's own labelled test split, else a seeded stratified 80/20 holdout of train."""
+    if test is not None and test.labels is not None:
+        return train, test, "the source's own test split"
+    train_idx, test_idx = stratified_holdout(train.labels, 0.2, seed)
+    return train.subset(train_idx), train.subset(test_idx), "seeded stratified 80/20 holdout of the labelled data"

@@ -51,13 +51,11 @@ class MoCo(nn.Module):
             q1, q2 = q.chunk(2)
             k1, k2 = self.keys(v1), self.keys(v2)
             loss = 0.5 * (info_nce(q1, k2, queue, self.temperature) + info_nce(q2, k1, queue, self.temperature))
-            new_keys = k2
         else:
             q1 = self.projector(self.backbone(v1))
             k2 = self.keys(v2)
             loss = info_nce(q1, k2, queue, self.temperature)
-            new_keys = k2
-        self.enqueue(gather_no_grad(new_keys))
+        self.enqueue(gather_no_grad(k2))
         return loss, {}
 
     @torch.no_grad()

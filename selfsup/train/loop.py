@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from datetime import datetime
@@ -16,7 +17,7 @@ from ..data import ImageData, load_images
 from ..device import autocast, pick_device
 from ..errors import SelfSupError
 from ..rundir import RunPaths, build_method
-from ..evaluate.subsets import stratified_holdout
+from ..evaluate.subsets import eval_splits
 from ..views.recipes import dataset_stats
 from .checkpoint import load_checkpoint, save_atomic
 from .logging import append_jsonl, plot_curves
@@ -143,7 +144,7 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
             step += 1
             if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
                 mean_loss = loss_sum.item() / (i + 1)  # NaN/inf stick in the sum, so checking it is enough
-                if not torch.isfinite(torch.tensor(mean_loss)):
+                if not math.isfinite(mean_loss):
                     _diverged(paths, epoch, step, last_good, mean_loss)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
             bar.update(1)
@@ -179,16 +180,8 @@ def _diverged(paths: RunPaths, epoch: int, step: int, last_good: int, value: flo
 def _default_monitor(cfg: Config, train: ImageData, device: torch.device) -> tuple[ImageData, ImageData] | None:
     """kNN monitor data: a bank from the training set and queries from the test split (or a holdout)."""
     cpu = device.type != "cuda"
-    try:
-        test = load_images(cfg.data, "test", labels=cfg.labels)
-    except SelfSupError:
-        test = None
+    bank, test, _ = eval_splits(train, load_images(cfg.data, "test", labels=cfg.labels), cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    if test is None or test.labels is None:
-        bank_idx, test_idx = stratified_holdout(train.labels, 0.2, cfg.seed)
-        bank, test = train.subset(bank_idx), train.subset(test_idx)
-    else:
-        bank = train
     # On a CPU a subset keeps the monitor to a few seconds; the final `selfsup eval` uses everything.
     if cpu and len(bank) > 10000:
         bank = bank.subset(torch.randperm(len(bank), generator=g)[:10000])
