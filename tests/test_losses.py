@@ -60,3 +60,21 @@ def test_info_nce_gives_no_gradient_to_keys():
 def test_reconstruction_mse():
     a, b = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
     torch.testing.assert_close(reconstruction_mse(a, b), ((a - b) ** 2).mean())
+
+
+def test_losses_stay_fp32_under_bf16_autocast():
+    # Inside autocast a plain matmul runs in bf16; the losses must still give their fp32 values.
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    queue = F.normalize(torch.randn(256, 32, generator=g), dim=1)
+    exact = (nt_xent(z1, z2, 0.1), info_nce(z1, z2, queue, 0.07), reconstruction_mse(z1.sigmoid(), z2.sigmoid()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = z1 @ torch.eye(32), z2 @ torch.eye(32)  # bf16, as a projector's output would be
+        assert a.dtype == torch.bfloat16
+        mixed = (nt_xent(z1, z2, 0.1), info_nce(z1, z2, queue, 0.07), reconstruction_mse(z1.sigmoid(), z2.sigmoid()))
+        from_bf16 = nt_xent(a, b, 0.1)
+    for e, m in zip(exact, mixed):
+        assert m.dtype == torch.float32
+        torch.testing.assert_close(m, e, rtol=1e-6, atol=1e-6)
+    # bf16 inputs are only rounded once (to 8 bits of mantissa), not again inside the loss.
+    torch.testing.assert_close(from_bf16, nt_xent(a.float(), b.float(), 0.1), rtol=1e-6, atol=1e-6)

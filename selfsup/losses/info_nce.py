@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import fp32
 
+
+@fp32
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     """MoCo's loss: each query's positive is its key; the negatives are the K queued keys.
 

@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import gather, rank
+from .precision import fp32
 
 
+@fp32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """Mean NT-Xent loss of this process's 2b anchors against the 2B views of the whole (gathered) batch.
 
