@@ -11,8 +11,8 @@ from .errors import SelfSupError
 from .methods import canonical_name, method_class
 
 # Recipes fitted to the hardware. CPU: a small CNN that finishes in about ten minutes on two cores.
-CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, epochs=6, proj_hidden=512)
-GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, epochs=200, proj_hidden=2048)
+CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, epochs=6)
+GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, epochs=200)
 
 
 @dataclass

@@ -40,6 +40,38 @@ def test_lars_adapts_weights_but_not_biases():
     torch.testing.assert_close(b.detach(), b0 - 0.5)
 
 
+def _lars_reference_step(params_and_groups, state, lr, momentum, eta):
+    """LARS written per parameter, as in the paper (the oracle for the multi-tensor version)."""
+    for p, wd, exclude in params_and_groups:
+        d = p.grad
+        if not exclude:
+            d = d + wd * p
+            pn, dn = p.norm(), d.norm()
+            d = d * (eta * pn / dn if pn > 0 and dn > 0 else 1.0)
+        buf = state.get(p)
+        state[p] = d.clone() if buf is None else buf * momentum + d
+        p.sub_(lr * state[p])
+
+
+def test_lars_matches_per_parameter_reference():
+    torch.manual_seed(0)
+    net, ref = tiny_net(), tiny_net()
+    ref.load_state_dict(net.state_dict())
+    opt = build_optimizer("lars", net, lr=0.5, weight_decay=1e-2)
+    state = {}
+    for _ in range(4):
+        x = torch.randn(16, 4)
+        for m in (net, ref):
+            m.zero_grad()
+            m(x).pow(2).mean().backward()
+        opt.step()
+        with torch.no_grad():
+            _lars_reference_step([(p, 1e-2 if p.ndim > 1 else 0.0, p.ndim <= 1) for p in ref.parameters()],
+                                 state, lr=0.5, momentum=0.9, eta=0.02)
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_optimizers_build_and_step():
     for name in ("sgd", "lars", "adamw"):
         net = tiny_net()
