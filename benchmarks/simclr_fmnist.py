@@ -4,8 +4,12 @@ Reports seconds per epoch of the real pipeline (uint8 data on the device, batche
 beside the compute-only time (the same model stepping on a random batch already on the device), and kNN /
 linear accuracy on the Fashion-MNIST test split after a short and a longer run, plus a 1%-label linear probe.
 
-    python benchmarks/simclr_fmnist.py --short 30 --long 200 --out runs/bench
-    python benchmarks/simclr_fmnist.py --smoke          # a tiny CPU run that checks the script works
+    python benchmarks/simclr_fmnist.py --short 30 --long 200 --compile --out runs/bench
+    python benchmarks/simclr_fmnist.py --smoke --out runs/smoke   # a tiny CPU run that checks the script works
+
+The same --out folder resumes: unfinished runs continue from their last checkpoint and finished runs are
+reused, so the benchmark can be spread over several calls of a machine with a per-command time limit.
+Results go to stdout and to OUT/benchmark.json (rewritten after every run).
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ import torch
 from selfsup import Config, evaluate, pretrain
 from selfsup.data import load_images
 from selfsup.device import autocast, pick_device
+from selfsup.config import resolve
 from selfsup.rundir import RunPaths, build_method
+from selfsup.train.checkpoint import load_checkpoint
 from selfsup.train.logging import read_jsonl
 from selfsup.train.optim import build_optimizer
 
@@ -59,19 +65,41 @@ def compute_only_seconds(cfg: Config, n_images: int, device: torch.device, steps
     return (time.perf_counter() - t0) / steps * steps_per_epoch
 
 
+def _saved_eval(root: Path, epochs: int, ours: str) -> dict | None:
+    """The run's eval.json when it is of the finished run and holds the rows this benchmark reports."""
+    try:
+        res = json.loads((root / "eval.json").read_text())
+        rows = {(r["features"], r["fraction"]): r for r in res["results"]}
+        ok = res["pretrain_epochs"] == epochs and all(rows[(ours, f)].get("linear") is not None for f in (0.01, 1.0))
+        res["markdown"] = (root / "eval.md").read_text().strip()
+    except (OSError, KeyError, ValueError):
+        return None
+    return res if ok else None
+
+
 def run(cfg: Config, train, label: str) -> dict:
-    """Pretrain, then evaluate kNN and linear probes (100% and 1% labels) on the test split."""
+    """Pretrain (resuming an unfinished run in the same folder), then kNN and linear probes at 100% and 1% labels."""
+    paths = RunPaths(Path(cfg.out))
+    done = paths.last.exists() and load_checkpoint(paths.last)["epoch"] >= cfg.epochs
     t0 = time.perf_counter()
-    run_dir = pretrain(cfg, train=train, progress=False)
+    if not done:
+        pretrain(cfg, train=train, resume=paths.last.exists(), progress=False)
     wall = time.perf_counter() - t0
-    epochs = [r for r in read_jsonl(RunPaths(run_dir).metrics) if r.get("event") == "epoch"]
+    epochs = [r for r in read_jsonl(paths.metrics) if r.get("event") == "epoch"]
     secs = [r["seconds"] for r in epochs]
-    res = evaluate(run_dir, protocols=("knn", "linear"), fractions=(0.01, 1.0), progress=False)
-    table = {(r["features"], r["fraction"]): r for r in res["results"]}
+    walls = [r.get("wall_s", r["seconds"]) for r in epochs]
     ours = f"{cfg.method} (ours)"
+    res = _saved_eval(paths.root, cfg.epochs, ours)
+    if res is None:
+        res = evaluate(paths.root, protocols=("knn", "linear"), fractions=(0.01, 1.0), progress=False)
+    table = {(r["features"], r["fraction"]): r for r in res["results"]}
     return {
-        "run": label, "run_dir": str(run_dir), "epochs": cfg.epochs, "pretrain_wall_s": round(wall, 1),
-        "epoch_s_median": round(statistics.median(secs[1:] or secs), 3), "epoch_s_first": secs[0],
+        "run": label, "run_dir": str(paths.root), "epochs": cfg.epochs,
+        "pretrain_wall_s": round(wall, 1) if not done else None,
+        # Median over epochs after the first (which includes compilation and warm-up).
+        "epoch_s_median": round(statistics.median(secs[1:] or secs), 3),
+        "epoch_wall_s_median": round(statistics.median(walls[1:] or walls), 3),
+        "epoch_s_first": secs[0],
         "knn": table[(ours, 1.0)]["knn"], "linear": table[(ours, 1.0)]["linear"],
         "linear_1pct": table[(ours, 0.01)]["linear"],
         "baselines": {f"{k[0]}@{k[1]:g}": {"knn": v["knn"], "linear": v["linear"]}
@@ -86,9 +114,11 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=200, help="epochs of the longer run (default 200; 0 skips it)")
     ap.add_argument("--batch-size", type=int, default=512, help="batch size (default 512)")
     ap.add_argument("--backbone", default="resnet18", help="backbone (default resnet18)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (both timings and runs)")
     ap.add_argument("--device", default="auto", help="device (default cuda if present)")
-    ap.add_argument("--out", default="runs/bench", help="folder for the benchmark's runs")
+    ap.add_argument("--out", default="runs/bench",
+                    help="folder for the runs and benchmark.json; running again with the same folder resumes "
+                         "unfinished runs and reuses finished ones (default runs/bench)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run: 2048 images, 1 epoch, small CNN")
     a = ap.parse_args()
     device = pick_device(a.device)
@@ -96,23 +126,27 @@ def main() -> None:
     if a.smoke:
         train = train.subset(torch.arange(2048))
         a.short, a.long, a.backbone, a.batch_size = 1, 0, "small_cnn", 256
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
     base = dict(method="simclr", data="fashion-mnist", backbone=a.backbone, batch_size=a.batch_size,
                 device=str(device), compile=a.compile, knn_every=0)
-    from selfsup.config import resolve
-
     probe_cfg = resolve(Config(**base, epochs=1), device.type)
     out = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "batch_size": a.batch_size, "backbone": a.backbone, "compile": a.compile,
+        "lr": probe_cfg.lr, "optimizer": probe_cfg.optimizer,
         "compute_only_epoch_s": round(compute_only_seconds(probe_cfg, len(train), device,
                                                            steps=4 if a.smoke else None), 3),
+        "runs": [],
     }
-    runs = [run(Config(**base, epochs=a.short, out=f"{a.out}/{stamp}-e{a.short}"), train, "short")]
-    if a.long:
-        runs.append(run(Config(**base, epochs=a.long, out=f"{a.out}/{stamp}-e{a.long}"), train, "long"))
-    out["runs"] = runs
-    out["pipeline_over_compute"] = round(runs[0]["epoch_s_median"] / out["compute_only_epoch_s"], 3)
+    plan = [("short", a.short)] + ([("long", a.long)] if a.long else [])
+    for label, epochs in plan:
+        out["runs"].append(run(Config(**base, epochs=epochs, out=str(out_dir / f"e{epochs}")), train, label))
+        first = out["runs"][0]
+        out["pipeline_over_compute"] = round(first["epoch_s_median"] / out["compute_only_epoch_s"], 3)
+        out["wall_over_compute"] = round(first["epoch_wall_s_median"] / out["compute_only_epoch_s"], 3)
+        # Written after every run, so a benchmark cut off by a time limit keeps what it measured.
+        (out_dir / "benchmark.json").write_text(json.dumps(out, indent=2) + "\n")
     json.dump(out, sys.stdout, indent=2)
     print()
 

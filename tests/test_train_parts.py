@@ -1,4 +1,4 @@
-"""Optimizer groups, LARS, schedule, checkpoints, MoCo's key encoder and queue."""
+"""Optimizer groups, LARS, schedule, checkpoints (atomic, background writer), metrics, MoCo's key encoder and queue."""
 import math
 import pickle
 
@@ -9,7 +9,8 @@ from torch import nn
 from selfsup.errors import SelfSupError
 from selfsup.methods.ema import cosine_momentum, ema_update, momentum_copy
 from selfsup.models import build_backbone
-from selfsup.train.checkpoint import load_checkpoint, save_atomic
+from selfsup.train.checkpoint import CheckpointWriter, load_checkpoint, save_atomic
+from selfsup.train.logging import append_jsonl, read_jsonl, truncate_epochs
 from selfsup.train.optim import LARS, build_optimizer, lr_at, param_groups
 
 
@@ -182,3 +183,28 @@ def test_moco_forward_enqueues_current_keys():
     m(v1, v2)
     torch.testing.assert_close(m.queue[:4], m.keys(v2), atol=1e-5, rtol=1e-5)
     assert m.queue_ptr.item() == 4
+
+
+def test_checkpoint_writer_saves_a_snapshot_and_reports_errors(tmp_path):
+    w = torch.zeros(1000)
+    writer = CheckpointWriter()
+    writer.save(dict(model=dict(w=w), epoch=1), tmp_path / "last.pt", tmp_path / "epoch_0001.pt")
+    w += 1.0  # training goes on while the file is written: the checkpoint keeps the values at save time
+    writer.wait()
+    for name in ("last.pt", "epoch_0001.pt"):
+        saved = load_checkpoint(tmp_path / name)
+        assert saved["epoch"] == 1 and torch.equal(saved["model"]["w"], torch.zeros(1000))
+    (tmp_path / "file").write_text("x")
+    writer.save(dict(w=w), tmp_path / "file" / "last.pt")  # a file where a folder should be
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()  # the error is reported once
+
+
+def test_truncate_epochs_keeps_records_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for rec in [dict(event="epoch", epoch=1), dict(event="diverged", epoch=3), dict(event="epoch", epoch=2),
+                dict(event="epoch", epoch=3)]:
+        append_jsonl(path, rec)
+    truncate_epochs(path, 1)
+    assert read_jsonl(path) == [dict(event="epoch", epoch=1), dict(event="diverged", epoch=3)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -25,6 +26,49 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _to_cpu_copy(obj):
+    """A copy of nested containers whose tensors are detached CPU copies (training may change the originals)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Saves checkpoints atomically on a background thread, one at a time, so training need not wait for the disk.
+
+    `save` copies the state to the CPU at once; `wait` blocks until the last write is on disk and re-raises its error.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: dict, *paths: str | Path) -> None:
+        self.wait()
+        snapshot = _to_cpu_copy(state)
+        self._thread = threading.Thread(target=self._write, args=(snapshot, paths), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, snapshot: dict, paths) -> None:
+        try:
+            for path in paths:
+                save_atomic(snapshot, path)
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
@@ -17,6 +18,19 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_epochs(path: Path, last_epoch: int) -> None:
+    """Drop records of epochs after `last_epoch` (a resumed run redoes them); rewritten atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines
+            if not ln.strip() or json.loads(ln).get("event") != "epoch" or json.loads(ln)["epoch"] <= last_epoch]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:

@@ -19,12 +19,13 @@ from ..errors import SelfSupError
 from ..rundir import RunPaths, build_method
 from ..evaluate.subsets import eval_splits
 from ..views.recipes import dataset_stats
-from .checkpoint import load_checkpoint, save_atomic
-from .logging import append_jsonl, plot_curves
+from .checkpoint import CheckpointWriter, load_checkpoint
+from .logging import append_jsonl, plot_curves, truncate_epochs
 from .monitor import KNNMonitor
 from .optim import build_optimizer, lr_at
 
 CHECK_EVERY = 25  # steps between finiteness checks (each one is a device sync)
+PLOT_EVERY_S = 30.0  # redraw the PNG curves at most this often, and after the last epoch (a redraw takes ~0.4 s)
 
 
 class TrainingDiverged(SelfSupError):
@@ -97,6 +98,7 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        truncate_epochs(paths.metrics, start_epoch)  # records of epochs after the checkpoint are redone
         _say(f"resuming {paths.root} at epoch {start_epoch}/{cfg.epochs}")
     forward = torch.compile(method) if cfg.compile else method
     amp = cfg.precision in ("auto", "bf16")
@@ -117,56 +119,64 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     show = sys.stderr.isatty() if progress is None else progress
     last_good = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        method.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0))).to(device)
-        gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, epoch, 1))
-        loss_sum = torch.zeros((), device=device)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
-                   file=sys.stderr, dynamic_ncols=True)
-        for i in range(steps_per_epoch):
-            x = images[perm[i * bs:(i + 1) * bs]]
-            lr = lr_at(step, total_steps, warmup, cfg.lr)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            with torch.no_grad():
-                views = method.make_views(x, gen)
-            views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
-            with autocast(device, amp):
-                loss, _ = forward(*views)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if hasattr(method, "on_step_end"):
-                method.on_step_end((step + 1) / total_steps)
-            loss_sum += loss.detach().float()
-            step += 1
-            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
-                mean_loss = loss_sum.item() / (i + 1)  # NaN/inf stick in the sum, so checking it is enough
-                if not math.isfinite(mean_loss):
-                    _diverged(paths, epoch, step, last_good, mean_loss)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
-            bar.update(1)
-        bar.close()
-        seconds = time.perf_counter() - t0
-        record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss_sum.item() / steps_per_epoch, lr=lr,
-                      seconds=round(seconds, 3), images_per_s=round(steps_per_epoch * bs / seconds, 1))
-        if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-            record.update(knn=knn(method.backbone), knn_bank=len(knn.bank), knn_queries=len(knn.queries))
-        state = dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, step=step,
-                     config=cfg.to_dict(), in_shape=list(in_shape), mean=mean, std=std, data_name=train.name)
-        save_atomic(state, paths.last)
-        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-            save_atomic(state, paths.checkpoints / f"epoch_{epoch + 1:04d}.pt")
-        last_good = epoch + 1
-        append_jsonl(paths.metrics, record)
-        plot_curves(paths.metrics, paths.plots)
-        knn_txt = f"  kNN {100 * record['knn']:.1f}%" if "knn" in record else ""
-        _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}{knn_txt}  {seconds:.1f}s "
-             f"({record['images_per_s']:.0f} img/s)")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
+    writer = CheckpointWriter()
+    last_plot = -math.inf
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            method.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0))).to(device)
+            gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, epoch, 1))
+            loss_sum = torch.zeros((), device=device)
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+                       file=sys.stderr, dynamic_ncols=True)
+            for i in range(steps_per_epoch):
+                x = images[perm[i * bs:(i + 1) * bs]]
+                lr = lr_at(step, total_steps, warmup, cfg.lr)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                with torch.no_grad():
+                    views = method.make_views(x, gen)
+                views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+                with autocast(device, amp):
+                    loss, _ = forward(*views)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if hasattr(method, "on_step_end"):
+                    method.on_step_end((step + 1) / total_steps)
+                loss_sum += loss.detach().float()
+                step += 1
+                if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
+                    mean_loss = loss_sum.item() / (i + 1)  # NaN/inf stick in the sum, so checking it is enough
+                    if not math.isfinite(mean_loss):
+                        _diverged(paths, epoch, step, last_good, mean_loss)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+                bar.update(1)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss_sum.item() / steps_per_epoch, lr=lr,
+                          seconds=round(seconds, 3), images_per_s=round(steps_per_epoch * bs / seconds, 1))
+            if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+                record.update(knn=knn(method.backbone), knn_bank=len(knn.bank), knn_queries=len(knn.queries))
+            state = dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, step=step,
+                         config=cfg.to_dict(), in_shape=list(in_shape), mean=mean, std=std, data_name=train.name)
+            # Written on a background thread while the next epoch trains; the copy to the CPU happens here.
+            periodic = cfg.save_every and (epoch + 1) % cfg.save_every == 0
+            writer.save(state, paths.last, *([paths.checkpoints / f"epoch_{epoch + 1:04d}.pt"] if periodic else []))
+            last_good = epoch + 1
+            record["wall_s"] = round(time.perf_counter() - t0, 3)
+            append_jsonl(paths.metrics, record)
+            if time.perf_counter() - last_plot >= PLOT_EVERY_S or epoch + 1 == cfg.epochs:
+                plot_curves(paths.metrics, paths.plots)
+                last_plot = time.perf_counter()
+            knn_txt = f"  kNN {100 * record['knn']:.1f}%" if "knn" in record else ""
+            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}{knn_txt}  {seconds:.1f}s "
+                 f"({record['images_per_s']:.0f} img/s)")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    finally:
+        writer.wait()  # the last checkpoint is on disk before we return or raise
     return paths.root
 
 
