@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Start (or find running) the GPU benchmark in the background, then wait up to WAIT seconds for it, printing
+# progress. Meant for a lent GPU machine whose commands have a time limit: call it again (same machine) to keep
+# waiting; a fresh machine resumes the runs from runs/bench if that folder travelled along.
+#   WAIT=540 bash benchmarks/gpu_run.sh            (data from $SELFSUP_DATA, default ./.data)
+set -u
+WAIT=${WAIT:-540}
+BENCH_OUT=${BENCH_OUT:-runs/bench}
+ARGS=${BENCH_ARGS:---short 30 --long 200 --compile}
+export SELFSUP_DATA=${SELFSUP_DATA:-$PWD/.data}
+export PYTHONUNBUFFERED=1
+mkdir -p "$BENCH_OUT"
+python3 -c "import selfsup" 2>/dev/null || pip install -q --no-deps -e . || exit 1
+if ! pgrep -f "benchmarks/simclr_fmnist.py" >/dev/null; then
+  rm -f "$BENCH_OUT/exit_code"
+  setsid nohup bash -c "python3 benchmarks/simclr_fmnist.py $ARGS --out '$BENCH_OUT' > '$BENCH_OUT/result.json' \
+    2> '$BENCH_OUT/log.txt'; echo \$? > '$BENCH_OUT/exit_code'" >/dev/null 2>&1 &
+  echo "started: simclr_fmnist.py $ARGS --out $BENCH_OUT"
+fi
+start=$(date +%s)
+while [ ! -f "$BENCH_OUT/exit_code" ] && [ $(( $(date +%s) - start )) -lt "$WAIT" ]; do sleep 5; done
+nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+grep -v "^\s*$" "$BENCH_OUT/log.txt" | tail -n 8
+if [ -f "$BENCH_OUT/exit_code" ]; then
+  echo "finished with exit code $(cat "$BENCH_OUT/exit_code")"; cat "$BENCH_OUT/result.json"
+else
+  echo "still running after ${WAIT}s; call again to keep waiting"
+fi
+if [ -n "${OUT:-}" ]; then
+  cp "$BENCH_OUT"/benchmark.json "$BENCH_OUT"/log.txt "$OUT"/ 2>/dev/null
+  for r in "$BENCH_OUT"/e*/; do
+    n=$(basename "$r"); cp "$r/metrics.jsonl" "$OUT/$n-metrics.jsonl" 2>/dev/null; cp "$r/eval.md" "$OUT/$n-eval.md" 2>/dev/null
+  done
+fi
+true
