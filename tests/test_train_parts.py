@@ -208,3 +208,21 @@ def test_truncate_epochs_keeps_records_up_to_the_checkpoint(tmp_path):
         append_jsonl(path, rec)
     truncate_epochs(path, 1)
     assert read_jsonl(path) == [dict(event="epoch", epoch=1), dict(event="diverged", epoch=3)]
+
+
+@pytest.mark.parametrize("method,backbone", [("simclr", "resnet18"), ("moco", "small_cnn"), ("autoencoder", "mlp")])
+def test_methods_compile_to_one_graph(method, backbone):
+    # A graph break under --compile means slow, partly eager steps on the GPU; catch it without one.
+    import torch._dynamo as dynamo
+
+    from selfsup.config import Config, resolve
+    from selfsup.rundir import build_method
+
+    cfg = resolve(Config(method=method, backbone=backbone, queue_size=64), "cuda")
+    m = build_method(cfg, (1, 28, 28), [0.3], [0.35])
+    x = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    views = m.make_views(x, torch.Generator().manual_seed(0))
+    dynamo.reset()
+    explained = dynamo.explain(m)(*views)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
