@@ -51,7 +51,8 @@ def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto = bf16 autocast on GPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower start, faster steps)")
-    g.add_argument("--knn-every", type=int, default=1, help="online kNN monitor every N epochs when labels exist (0: off)")
+    g.add_argument("--knn-every", type=int, default=None,
+                   help="online kNN monitor every N epochs when labels exist (0: off; default 1 on CPU, 5 on GPU)")
     g.add_argument("--save-every", type=int, default=0, help="also keep checkpoints/epoch_N.pt every N epochs (0: only last)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -11,8 +11,9 @@ from .errors import SelfSupError
 from .methods import canonical_name, method_class
 
 # Recipes fitted to the hardware. CPU: a small CNN that finishes in about ten minutes on two cores.
-CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, epochs=6)
-GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, epochs=200)
+CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, epochs=6, knn_every=1)
+# On a GPU an epoch takes seconds and a kNN pass over the full splits a good part of one: monitor every 5 epochs.
+GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, epochs=200, knn_every=5)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Config:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
-    knn_every: int = 1
+    knn_every: int | None = None
     save_every: int = 0
     threads: int | None = None
     method_args: dict = field(default_factory=dict)
