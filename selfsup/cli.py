@@ -49,7 +49,9 @@ def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("running")
     g.add_argument("--seed", type=int, default=0, help="seed for init, epoch order and views (default 0)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto = bf16 autocast on GPU")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training precision: auto = bf16 autocast on GPU, fp32 on CPU; bf16 = autocast everywhere "
+                        "(slower on a CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower start, faster steps)")
     g.add_argument("--knn-every", type=int, default=None,
                    help="online kNN monitor every N epochs when labels exist (0: off; default 1 on CPU, 5 on GPU)")

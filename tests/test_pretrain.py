@@ -1,5 +1,6 @@
 """End-to-end pretraining on real data (digits): learning, resume, divergence, run-directory outputs."""
 import json
+import math
 
 import pytest
 import torch
@@ -153,3 +154,27 @@ def test_evaluation_drops_projector_and_embed_keeps_order(tmp_path, digits):
     rows = {(r["features"], r["fraction"]) for r in result["results"]}
     assert rows == {(n, f) for n in ("simclr (ours)", "random init", "raw pixels") for f in (0.1, 1.0)}
     assert (RunPaths(run_dir).root / "eval.json").is_file() and "raw pixels" in (run_dir / "eval.md").read_text()
+
+
+def test_bf16_precision_path_trains_on_cpu(tmp_path, monkeypatch, digits):
+    # --precision bf16 runs the GPU's autocast path on a CPU: dtype mistakes show up here without a GPU.
+    import selfsup.train.loop as loop
+
+    dtypes, built = set(), []
+
+    def build(*a, **k):
+        m = loop_build(*a, **k)
+        m.backbone.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype) if mod.training else None)
+        built.append(m)
+        return m
+
+    loop_build = loop.build_method
+    monkeypatch.setattr(loop, "build_method", build)
+    run_dir = pretrain(cfg(tmp_path / "s", method="simclr", epochs=3, precision="bf16", knn_every=0), progress=False)
+    assert dtypes == {torch.bfloat16}
+    losses = [json.loads(line)["loss"] for line in open(RunPaths(run_dir).metrics)]
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.1
+    pretrain(cfg(tmp_path / "m", method="moco", epochs=1, queue_size=256, precision="bf16", knn_every=0),
+             progress=False)
+    enqueued = len(digits[0]) // 128 * 128  # one batch of keys per step, into a ring of 256
+    assert built[-1].queue.dtype == torch.float32 and built[-1].queue_ptr.item() == enqueued % 256

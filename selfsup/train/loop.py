@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, resolve
 from ..data import ImageData, load_images
-from ..device import autocast, pick_device
+from ..device import autocast, pick_device, use_bf16
 from ..errors import SelfSupError
 from ..rundir import RunPaths, build_method
 from ..evaluate.subsets import eval_splits
@@ -101,7 +101,7 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
         truncate_epochs(paths.metrics, start_epoch)  # records of epochs after the checkpoint are redone
         _say(f"resuming {paths.root} at epoch {start_epoch}/{cfg.epochs}")
     forward = torch.compile(method) if cfg.compile else method
-    amp = cfg.precision in ("auto", "bf16")
+    amp = use_bf16(cfg.precision, device)
 
     images = train.images.to(device)
     knn = None
