@@ -10,12 +10,18 @@ ARGS=${BENCH_ARGS:---short 30 --long 200 --compile}
 export SELFSUP_DATA=${SELFSUP_DATA:-$PWD/.data}
 export PYTHONUNBUFFERED=1
 mkdir -p "$BENCH_OUT"
-python3 -c "import selfsup" 2>/dev/null || pip install -q --no-deps -e . || exit 1
-if ! pgrep -f "benchmarks/simclr_fmnist.py" >/dev/null; then
+# The package runs from this checkout: nothing to install (the device machine has every dependency, no registry).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+running() { [ -f "$BENCH_OUT/pid" ] && kill -0 "$(cat "$BENCH_OUT/pid")" 2>/dev/null; }
+if ! running; then
   rm -f "$BENCH_OUT/exit_code"
-  setsid nohup bash -c "python3 benchmarks/simclr_fmnist.py $ARGS --out '$BENCH_OUT' > '$BENCH_OUT/result.json' \
-    2> '$BENCH_OUT/log.txt'; echo \$? > '$BENCH_OUT/exit_code'" >/dev/null 2>&1 &
+  # The inner shell writes its own pid: it lives exactly as long as the benchmark.
+  setsid nohup bash -c "echo \$\$ > '$BENCH_OUT/pid'; python3 benchmarks/simclr_fmnist.py $ARGS --out '$BENCH_OUT' \
+    > '$BENCH_OUT/result.json' 2> '$BENCH_OUT/log.txt'; echo \$? > '$BENCH_OUT/exit_code'" >/dev/null 2>&1 &
+  sleep 1
   echo "started: simclr_fmnist.py $ARGS --out $BENCH_OUT"
+else
+  echo "rejoined the running benchmark (pid $(cat "$BENCH_OUT/pid"))"
 fi
 start=$(date +%s)
 while [ ! -f "$BENCH_OUT/exit_code" ] && [ $(( $(date +%s) - start )) -lt "$WAIT" ]; do sleep 5; done
