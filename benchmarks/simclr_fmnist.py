@@ -24,7 +24,7 @@ import torch
 
 from selfsup import Config, evaluate, pretrain
 from selfsup.data import load_images
-from selfsup.device import autocast, pick_device
+from selfsup.device import autocast, pick_device, use_bf16
 from selfsup.config import resolve
 from selfsup.rundir import RunPaths, build_method
 from selfsup.train.checkpoint import load_checkpoint
@@ -34,21 +34,18 @@ from selfsup.train.optim import build_optimizer
 
 def compute_only_seconds(cfg: Config, n_images: int, device: torch.device, steps: int | None = None) -> float:
     """Seconds per epoch of forward+backward+step on random view pairs that already sit on the device."""
-    method = build_method(cfg, (1, 28, 28), [0.286], [0.353]).to(device)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
+    # Exactly as the training loop sets things up: channels_last everywhere, bf16 autocast where it trains in bf16.
+    method = build_method(cfg, (1, 28, 28), [0.286], [0.353]).to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
     fwd = torch.compile(method) if cfg.compile else method
     bs = cfg.batch_size
     steps_per_epoch = n_images // bs
     steps = steps or steps_per_epoch
-    v1 = torch.randn(bs, 1, 28, 28, device=device)
-    v2 = torch.randn(bs, 1, 28, 28, device=device)
-    if device.type == "cuda":
-        v1, v2 = (v.contiguous(memory_format=torch.channels_last) for v in (v1, v2))
+    v1, v2 = (torch.randn(bs, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+              for _ in range(2))
 
     def step():
-        with autocast(device):
+        with autocast(device, use_bf16(cfg.precision, device)):
             loss, _ = fwd(v1, v2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
