@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import torch
@@ -10,16 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import autocast
+from ..train.optim import build_optimizer, lr_at
 from .features import extract_features, normalizer
-
-
-def _cosine_with_warmup(total: int, warmup: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
 
 
 def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tensor, test_x_u8: torch.Tensor,
@@ -50,12 +41,7 @@ def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tenso
         head = nn.Linear(int(model.feature_dim), num_classes).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        params = list(model.parameters()) + list(head.parameters())
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}],
-                              lr=lr, momentum=0.9, nesterov=True)
+        opt = build_optimizer("sgd", nn.ModuleList([model, head]), lr, weight_decay, nesterov=True)
 
         x_all = train_x_u8.to(device)
         y_all = train_y.to(device).long()
@@ -67,7 +53,7 @@ def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tenso
             total = min(total, int(max_steps))
         total = max(1, total)
         warmup = max(1, round(0.05 * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(total, warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, total, warmup, 1.0))
 
         model.train()
         head.train()

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..train.optim import lr_at
+
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                  num_classes: int, epochs: int = 100, batch_size: int = 1024, lr: float = 1e-3,
@@ -35,7 +37,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
     total = max(1, epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, total, 0, 1.0))
     gen = torch.Generator().manual_seed(seed)
 
     with torch.enable_grad():

@@ -51,13 +51,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             dict(params=no_decay, weight_decay=0.0, lars_exclude=True)]
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9):
-    """An optimizer by name over the model's trainable parameters."""
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
+                    nesterov: bool = False):
+    """An optimizer by name over the model's trainable parameters (`nesterov` applies to SGD)."""
     groups = param_groups(model, weight_decay)
     if name == "sgd":
         for g in groups:
             g.pop("lars_exclude")
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     if name == "adamw":
