@@ -8,18 +8,16 @@ from torch import nn
 
 from ..device import autocast
 from ..errors import SelfSupError
+from ..views import ops
 
 
 def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device):
     """Return ``f(u8_batch) -> float batch`` computing ``(x/255 - mean[c]) / std[c]`` on ``device``."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def normalize(x_u8: torch.Tensor) -> torch.Tensor:
         if x_u8.dtype != torch.uint8:
             raise SelfSupError(f"expected uint8 images, got {x_u8.dtype}")
-        x = x_u8.to(device, non_blocking=True).float().div_(255.0)
-        x = (x - m) / s
+        x = ops.normalize(ops.to_float(x_u8.to(device, non_blocking=True)), mean, std)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -11,18 +11,16 @@ METHODS = {"simclr": SimCLR, "moco": MoCo, "autoencoder": Autoencoder}
 ALIASES = {"mocov2": "moco", "moco_v2": "moco", "moco-v2": "moco", "ae": "autoencoder"}
 
 
-def method_class(name: str) -> type[nn.Module]:
-    """The class of a method by name (aliases accepted)."""
+def canonical_name(name: str) -> str:
+    """The registry key for a method name or alias."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in METHODS:
         from ..errors import SelfSupError
 
         raise SelfSupError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[key]
-
-
-def canonical_name(name: str) -> str:
-    """The registry key for a method name or alias."""
-    key = ALIASES.get(name.lower(), name.lower())
-    method_class(key)
     return key
+
+
+def method_class(name: str) -> type[nn.Module]:
+    """The class of a method by name (aliases accepted)."""
+    return METHODS[canonical_name(name)]

@@ -122,10 +122,8 @@ def random_resized_crop_params(b: int, height: int, width: int, scale=(0.08, 1.0
     g = generator
     area = float(height * width)
     log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    u_area = torch.rand(b, tries, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
-    u_ratio = torch.rand(b, tries, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
-    u_top = torch.rand(b, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
-    u_left = torch.rand(b, generator=g, device=_gen_device(g, dev)).to(dev, torch.float64)
+    u_area, u_ratio = (_rand((b, tries), g, dev).double() for _ in range(2))
+    u_top, u_left = (_rand(b, g, dev).double() for _ in range(2))
 
     target = area * (u_area * (scale[1] - scale[0]) + scale[0])
     aspect = torch.exp(u_ratio * (log_r[1] - log_r[0]) + log_r[0])
