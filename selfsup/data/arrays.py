@@ -36,6 +36,14 @@ def images_from_array(arr: np.ndarray, path: str) -> torch.Tensor:
     return t.contiguous()
 
 
+def load_idx_image_file(path: str) -> torch.Tensor:
+    """The (N,1,H,W) uint8 images of a 3-D IDX image file (raw or gzipped)."""
+    arr = read_idx(path)
+    if arr.ndim != 3:
+        raise SelfSupError(f"expected a 3-D IDX image file (N,H,W) in {path}, got shape {arr.shape}")
+    return images_from_array(arr, path)
+
+
 def labels_from_array(arr: np.ndarray, n: int, path: str) -> torch.Tensor:
     """Validate a 1-D non-negative integer label array of length `n` and return it as int64."""
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):

@@ -7,11 +7,10 @@ import tempfile
 import urllib.error
 import urllib.request
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from selfsup.data.arrays import images_from_array, labels_from_array
+from selfsup.data.arrays import labels_from_array, load_idx_image_file
 from selfsup.data.idx import read_idx, read_idx_header
 from selfsup.data.types import ImageData
 from selfsup.errors import SelfSupError
@@ -154,10 +153,7 @@ def locate() -> dict[str, str]:
 def load_split(files: dict[str, str], split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one split's images (N,1,H,W) and labels from the four located files."""
     img_name, lbl_name = FILES[split]
-    arr: np.ndarray = read_idx(files[img_name])
-    if arr.ndim != 3:
-        raise SelfSupError(f"expected a 3-D IDX image file (N,H,W) in {files[img_name]}, got shape {arr.shape}")
-    images = images_from_array(arr, files[img_name])
+    images = load_idx_image_file(files[img_name])
     labels = labels_from_array(read_idx(files[lbl_name]), len(images), files[lbl_name])
     return images, labels
 

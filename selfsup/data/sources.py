@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import re
 
-from selfsup.data.arrays import images_from_array, load_label_file, load_npy, load_npz
+from selfsup.data.arrays import load_idx_image_file, load_label_file, load_npy, load_npz
 from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
 from selfsup.data.folder import load_folder
-from selfsup.data.idx import looks_like_idx_images, read_idx
+from selfsup.data.idx import looks_like_idx_images
 from selfsup.data.types import ImageData
 from selfsup.errors import SelfSupError
 
@@ -40,10 +40,7 @@ def _idx_sibling(path: str) -> str | None:
 
 def load_idx_images(path: str, labels: str | None = None) -> ImageData:
     """Load a single IDX image file, with labels from `labels` or an auto-paired sibling file."""
-    arr = read_idx(path)
-    if arr.ndim != 3:
-        raise SelfSupError(f"expected a 3-D IDX image file (N,H,W) in {path}, got shape {arr.shape}")
-    images = images_from_array(arr, path)
+    images = load_idx_image_file(path)
     label_path = labels or _idx_sibling(path)
     y = load_label_file(label_path, len(images)) if label_path else None
     return ImageData(images, y, name=path)
