@@ -42,7 +42,7 @@ def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=float, default=2.0, help="linear warmup before the cosine decay (default 2)")
     g = p.add_argument_group("method settings")
     g.add_argument("--temperature", type=float, help="softmax temperature of the contrastive loss")
-    g.add_argument("--proj-hidden", type=int, help="projector hidden width (default 2048 GPU / 512 CPU)")
+    g.add_argument("--proj-hidden", type=int, help="projector hidden width (default 2048)")
     g.add_argument("--proj-dim", type=int, help="projector output width (default 128)")
     g.add_argument("--queue-size", type=int, help="MoCo: number of queued negative keys (default 4096)")
     g.add_argument("--momentum", type=float, help="MoCo: key-encoder EMA momentum (default 0.99)")

@@ -10,7 +10,7 @@ from selfsup.errors import SelfSupError
 from selfsup.methods.ema import cosine_momentum, ema_update, momentum_copy
 from selfsup.models import build_backbone
 from selfsup.train.checkpoint import CheckpointWriter, load_checkpoint, save_atomic
-from selfsup.train.logging import append_jsonl, read_jsonl, truncate_epochs
+from selfsup.train.logging import append_jsonl, knn_title, plot_curves, read_jsonl, truncate_epochs
 from selfsup.train.optim import LARS, build_optimizer, lr_at, param_groups
 
 
@@ -226,3 +226,13 @@ def test_methods_compile_to_one_graph(method, backbone):
     explained = dynamo.explain(m)(*views)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_knn_plot_title_names_the_last_monitored_sizes(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for e in range(1, 8):  # monitored every 5 epochs: epoch 7, the latest, has no kNN record
+        append_jsonl(path, dict(event="epoch", epoch=e, loss=1.0 / e,
+                                **(dict(knn=0.8, knn_bank=600, knn_queries=100) if e % 5 == 0 else {})))
+    written = plot_curves(path, tmp_path / "plots")
+    assert [p.name for p in written] == ["loss.png", "knn.png"]
+    assert knn_title(read_jsonl(path)) == "Online kNN (k=200, T=0.1)\nbank 600, queries 100"

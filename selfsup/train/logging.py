@@ -33,6 +33,15 @@ def truncate_epochs(path: Path, last_epoch: int) -> None:
         os.replace(tmp, path)
 
 
+def knn_title(records: list[dict]) -> str:
+    """The kNN plot's title, with the bank and query sizes of the last epoch that ran the monitor.
+
+    Not simply the latest epoch's: with --knn-every N most epochs have no kNN record.
+    """
+    last = next((r for r in reversed(records) if r.get("knn") is not None), {})
+    return f"Online kNN (k=200, T=0.1)\nbank {last.get('knn_bank', '?')}, queries {last.get('knn_queries', '?')}"
+
+
 def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
     """Write loss.png (and knn.png when kNN was monitored) from the epoch records in metrics.jsonl."""
     import matplotlib
@@ -60,9 +69,8 @@ def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
     written: list[Path] = []
     line_plot([r["epoch"] for r in recs], [r["loss"] for r in recs], "training loss", "Pretraining loss",
               "loss.png", "tab:blue")
-    knn = [(r["epoch"], r["knn"]) for r in recs if r.get("knn") is not None and not math.isnan(r["knn"])]
+    knn = [r for r in recs if r.get("knn") is not None and not math.isnan(r["knn"])]
     if knn:
-        line_plot([e for e, _ in knn], [100 * a for _, a in knn], "kNN accuracy (%)",
-                  f"Online kNN (k=200, T=0.1)\nbank {recs[-1].get('knn_bank', '?')}, "
-                  f"queries {recs[-1].get('knn_queries', '?')}", "knn.png", "tab:green")
+        line_plot([r["epoch"] for r in knn], [100 * r["knn"] for r in knn], "kNN accuracy (%)", knn_title(recs),
+                  "knn.png", "tab:green")
     return written
