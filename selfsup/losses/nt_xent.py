@@ -16,8 +16,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     negatives are the other 2B-2 views. On one process this is SimCLR's loss exactly.
     """
     b = z1.shape[0]
-    z1 = F.normalize(z1.float(), dim=1)
-    z2 = F.normalize(z2.float(), dim=1)
+    z1 = F.normalize(z1, dim=1)
+    z2 = F.normalize(z2, dim=1)
     all1, all2 = gather(z1), gather(z2)
     big_b = all1.shape[0]
     idx = torch.arange(b, device=z1.device) + rank() * b
