@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from selfsup import Config, evaluate, pretrain
-from selfsup.data import load_images
+from selfsup.data import image_spec, load_data
 from selfsup.device import autocast, pick_device, use_bf16
 from selfsup.config import resolve
 from selfsup.rundir import RunPaths, build_method
@@ -35,18 +35,19 @@ from selfsup.train.optim import build_optimizer
 def compute_only_seconds(cfg: Config, n_images: int, device: torch.device, steps: int | None = None) -> float:
     """Seconds per epoch of forward+backward+step on random view pairs that already sit on the device."""
     # Exactly as the training loop sets things up: channels_last everywhere, bf16 autocast where it trains in bf16.
-    method = build_method(cfg, (1, 28, 28), [0.286], [0.353]).to(device).to(memory_format=torch.channels_last)
+    spec = image_spec((1, 28, 28), [0.286], [0.353])
+    method = build_method(cfg, spec).to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
     fwd = torch.compile(method) if cfg.compile else method
     bs = cfg.batch_size
     steps_per_epoch = n_images // bs
     steps = steps or steps_per_epoch
-    v1, v2 = (torch.randn(bs, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
-              for _ in range(2))
+    batch = {k: torch.randn(bs, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+             for k in ("v1", "v2")}
 
     def step():
         with autocast(device, use_bf16(cfg.precision, device)):
-            loss, _ = fwd(v1, v2)
+            loss, _ = fwd(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,7 +120,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run: 2048 images, 1 epoch, small CNN")
     a = ap.parse_args()
     device = pick_device(a.device)
-    train = load_images("fashion-mnist", "train")
+    train = load_data("fashion-mnist", "train")
     if a.smoke:
         train = train.subset(torch.arange(2048))
         a.short, a.long, a.backbone, a.batch_size = 1, 0, "small_cnn", 256

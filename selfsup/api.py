@@ -10,12 +10,11 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import ImageData, load_images
+from .data import Dataset, DataSpec, load_data
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
 from .evaluate.subsets import eval_splits
-from .models import build_backbone
 from .rundir import load_run
 from .train.loop import pretrain
 from .views.recipes import finetune_views
@@ -31,19 +30,25 @@ def eval_defaults(device: torch.device) -> dict:
     return dict(linear_epochs=30, finetune_epochs=3, finetune_min_steps=150, finetune_max_steps=150)
 
 
-def load_eval_splits(src: str, labels: str | None = None, seed: int = 0) -> tuple[ImageData, ImageData, str]:
+def load_eval_splits(src: str, labels: str | None = None, seed: int = 0) -> tuple[Dataset, Dataset, str]:
     """Labelled (train, test) splits of a source, and a note on where the test split came from."""
-    train = load_images(src, "train", labels=labels)
+    train = load_data(src, "train", labels=labels)
     if train.labels is None:
         raise SelfSupError(f"{src} has no labels; evaluation needs labelled data (class subfolders, "
                            "an npz 'labels' array, or --labels FILE)")
-    return eval_splits(train, load_images(src, "test", labels=labels), seed)
+    return eval_splits(train, load_data(src, "test", labels=labels), seed)
 
 
-def _check_shape(data: ImageData, in_shape: tuple, what: str) -> None:
-    if tuple(data.images.shape[1:]) != tuple(in_shape):
-        raise SelfSupError(f"{what} has images of shape {tuple(data.images.shape[1:])}; "
-                           f"the run was trained on {tuple(in_shape)} (C,H,W)")
+def _check_compatible(data: Dataset, spec: DataSpec, what: str) -> None:
+    """The run's encoder takes data of its own kind and (for images) shape."""
+    if data.kind != spec.kind or (spec.kind == "image" and tuple(data.x.shape[1:]) != spec.shape):
+        shape = "x".join(map(str, data.x.shape[1:]))
+        raise SelfSupError(f"{what} holds {data.kind} {shape}; the run was trained on {spec.describe()}")
+
+
+def augment_for(spec: DataSpec):
+    """Fine-tuning augmentation by data kind: light crops and flips for images, none for tokens."""
+    return finetune_views(spec.shape[-1]) if spec.kind == "image" else None
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None = None,
@@ -51,29 +56,24 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
              k: int = 200, temperature: float = 0.1, linear_epochs: int | None = None,
              finetune_epochs: int | None = None, finetune_max_steps: int | None = -1, device: str = "auto",
              seed: int = 0, progress: bool | None = None) -> dict:
-    """Evaluate a run's frozen backbone next to the baselines; writes eval.json and eval.md into the run dir."""
+    """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md into the run dir."""
     run = load_run(run_dir)
     dev = pick_device(device)
     src = data or run.config.data
     train, test, split_note = load_eval_splits(src, labels or (run.config.labels if data is None else None), seed)
-    _check_shape(train, run.in_shape, src)
+    _check_compatible(train, run.spec, src)
     budget = eval_defaults(dev)
     linear_epochs = linear_epochs or budget["linear_epochs"]
     finetune_epochs = finetune_epochs or budget["finetune_epochs"]
     if finetune_max_steps == -1:
         finetune_max_steps = budget["finetune_max_steps"]
-    def make_random():
-        torch.manual_seed(seed + 1)
-        return build_backbone(run.config.backbone, run.in_shape)
-
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     result = evaluate_encoder(
-        run.backbone, make_random, train.images, train.labels, test.images, test.labels, num_classes,
-        run.mean, run.std, dev, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
+        run.encoder, lambda: run.random_encoder(seed + 1), train.x, train.labels, test.x, test.labels, num_classes,
+        dev, kind=run.spec.kind, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
         baselines=baselines, k=k, temperature=temperature, linear_epochs=linear_epochs,
         finetune_epochs=finetune_epochs, finetune_max_steps=finetune_max_steps,
-        finetune_min_steps=budget["finetune_min_steps"],
-        augment=finetune_views(run.in_shape[-1], run.mean, run.std), seed=seed,
+        finetune_min_steps=budget["finetune_min_steps"], augment=augment_for(run.spec), seed=seed,
         progress=progress is not False)
     result.update(run_dir=str(run_dir), method=run.config.method, backbone=run.config.backbone,
                   pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
@@ -96,28 +96,28 @@ def _markdown_report(result: dict) -> str:
 
 def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "train", labels: str | None = None,
           device: str = "auto", batch_size: int = 1024) -> Path:
-    """Write the backbone's features of every image of `data`, in input order, to .npy or .npz."""
+    """Write the encoder's features of every sample of `data`, in input order, to .npy or .npz."""
     out = Path(out)
     if out.suffix not in (".npy", ".npz"):
         raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
     run = load_run(run_dir)
     dev = pick_device(device)
-    images = load_images(data, split, labels=labels)
-    if images is None:
+    samples = load_data(data, split, labels=labels)
+    if samples is None:
         raise SelfSupError(f"{data} has no {split!r} split")
-    _check_shape(images, run.in_shape, data)
+    _check_compatible(samples, run.spec, data)
     t0 = time.perf_counter()
-    feats = extract_features(run.backbone.to(dev), images.images, run.mean, run.std, dev, batch_size=batch_size)
+    feats = extract_features(run.encoder.to(dev), samples.x, dev, batch_size=batch_size)
     feats = feats.cpu().numpy().astype(np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, feats)
     else:
         arrays = {"features": feats}
-        if images.labels is not None:
-            arrays["labels"] = images.labels.numpy()
-        if images.paths is not None:
-            arrays["paths"] = np.array(images.paths, dtype=np.str_)
+        if samples.labels is not None:
+            arrays["labels"] = samples.labels.numpy()
+        if samples.paths is not None:
+            arrays["paths"] = np.array(samples.paths, dtype=np.str_)
         np.savez(out, **arrays)
     print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {out} in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)

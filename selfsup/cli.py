@@ -1,4 +1,8 @@
-"""Command line: thin wrappers over selfsup.api. Errors about the user's input print one line and exit 2."""
+"""Command line: thin wrappers over selfsup.api. Errors about the user's input print one line and exit 2.
+
+Method choices, method flags (`--temperature ...`, generated from the chosen method's Hparams), optimizer and
+backbone choices all come from the registries, so adding a method edits nothing here.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +10,19 @@ import sys
 
 from .config import Config
 from .errors import SelfSupError
-from .methods import METHODS
+from .methods import canonical_name, get_method, load_plugin, methods
+from .methods.hparams import describe_fields, field_types
 from .models import BACKBONES
+from .train.optim import OPTIMIZERS
 
 MAIN_JOB = """With no command, selfsup runs the main job: pretrain the default method (SimCLR) on Fashion-MNIST
 with a recipe fitted to the hardware (a small CNN for ~10 minutes on a CPU, ResNet-18 on a GPU), evaluate it
-next to the baselines and print the table."""
+next to the baselines and print the table. `selfsup methods` lists every method with its paper and defaults."""
+# Flags of `pretrain` that map one-to-one onto Config fields (None when not given: the Config decides).
+CONFIG_FLAGS = ("method", "data", "labels", "out", "epochs", "backbone", "batch_size", "optimizer", "lr",
+                "weight_decay", "warmup_epochs", "seed", "device", "precision", "compile", "knn_every", "save_every",
+                "threads")
+HP_PREFIX = "hp__"
 
 
 def _fraction_list(text: str) -> tuple[float, ...]:
@@ -25,37 +36,61 @@ def _fraction_list(text: str) -> tuple[float, ...]:
     return tuple(vals)
 
 
-def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
+def _optimizer_help() -> str:
+    return "; ".join(f"{name} {'/'.join(cls.optimizers)}" for name, cls in methods().items())
+
+
+def _add_method_flags(p: argparse.ArgumentParser, method: str) -> None:
+    """One flag per setting of `method`'s Hparams (not given: the method's default)."""
+    try:
+        cls = get_method(method)
+    except SelfSupError:  # reported with its nearest match when the config is resolved
+        return
+    g = p.add_argument_group(f"{cls.name} settings (for another method's: --method NAME --help)")
+    types_ = field_types(cls.Hparams)
+    for name, tname, default, text in describe_fields(cls.Hparams):
+        flag = "--" + name.replace("_", "-")
+        if types_[name] is bool:
+            g.add_argument(flag, dest=HP_PREFIX + name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=f"{text} (default {default})")
+        else:
+            plain = tname.isalpha()  # float, int, str: the metavar says it; else the help gives the type
+            g.add_argument(flag, dest=HP_PREFIX + name, metavar=tname.upper() if plain else "VALUE",
+                           default=argparse.SUPPRESS, help=f"{text}{'' if plain else ': ' + tname} (default {default})")
+
+
+def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g = p.add_argument_group("what to train")
-    g.add_argument("--method", default="simclr", help=f"pretext task: {', '.join(METHODS)} (default simclr)")
-    g.add_argument("--data", default="fashion-mnist",
-                   help="images: 'fashion-mnist', 'digits', a folder of PNG/JPEG, a .npy/.npz array or an IDX file")
+    g.add_argument("--method", help=f"pretext task: {', '.join(methods())} (default simclr; details: selfsup methods)")
+    g.add_argument("--data", help="'fashion-mnist' (default), 'digits', a folder of PNG/JPEG, a .npy/.npz array or an "
+                                  "IDX file")
     g.add_argument("--labels", help="label file (.npy or IDX) for .npy/IDX images; used only by the kNN monitor")
     g.add_argument("--out", help="run directory (default runs/<method>-<data>-<time>)")
-    g.add_argument("--backbone", choices=BACKBONES, help="default: resnet18 on GPU, small_cnn on CPU (mlp for autoencoder)")
+    g.add_argument("--backbone", choices=list(BACKBONES),
+                   help="default: the method's, else resnet18 on GPU and small_cnn on CPU")
     g = p.add_argument_group("schedule (defaults come from the method and the hardware)")
     g.add_argument("--epochs", type=int, help="total epochs (with --resume: the new total); default 200 GPU / 6 CPU")
-    g.add_argument("--batch-size", type=int, help="images per step (default 512 GPU / 256 CPU)")
-    g.add_argument("--optimizer", choices=("sgd", "lars", "adamw"), help="default per method: lars SimCLR, sgd MoCo, adamw AE")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: the method's, scaled by batch/256 for sgd/lars)")
+    g.add_argument("--batch-size", type=int, help="samples per step (default 512 GPU / 256 CPU)")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help=f"default: the method's first; each method's, default first: {_optimizer_help()}")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: the method's for the chosen optimizer, "
+                                            "scaled by batch/256 for sgd/lars)")
     g.add_argument("--weight-decay", type=float, help="weight decay (never on biases and norm weights)")
-    g.add_argument("--warmup-epochs", type=float, default=2.0, help="linear warmup before the cosine decay (default 2)")
-    g = p.add_argument_group("method settings")
-    g.add_argument("--temperature", type=float, help="softmax temperature of the contrastive loss")
-    g.add_argument("--proj-hidden", type=int, help="projector hidden width (default 2048)")
-    g.add_argument("--proj-dim", type=int, help="projector output width (default 128)")
-    g.add_argument("--queue-size", type=int, help="MoCo: number of queued negative keys (default 4096)")
-    g.add_argument("--momentum", type=float, help="MoCo: key-encoder EMA momentum (default 0.99)")
+    g.add_argument("--warmup-epochs", type=float, help="linear warmup before the cosine decay (default 2)")
+    g.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method setting, e.g. --set temperature=0.1 (repeatable; see selfsup methods NAME)")
+    _add_method_flags(p, method)
     g = p.add_argument_group("running")
-    g.add_argument("--seed", type=int, default=0, help="seed for init, epoch order and views (default 0)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="training precision: auto = bf16 autocast on GPU, fp32 on CPU; bf16 = autocast everywhere "
-                        "(slower on a CPU)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower start, faster steps)")
-    g.add_argument("--knn-every", type=int, default=None,
+    g.add_argument("--seed", type=int, help="seed for init, epoch order and views (default 0)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                   help="training precision: auto (default) = bf16 autocast on GPU, fp32 on CPU; bf16 = autocast "
+                        "everywhere (slower on a CPU)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (GPU; slower start, faster steps)")
+    g.add_argument("--knn-every", type=int,
                    help="online kNN monitor every N epochs when labels exist (0: off; default 1 on CPU, 5 on GPU)")
-    g.add_argument("--save-every", type=int, default=0, help="also keep checkpoints/epoch_N.pt every N epochs (0: only last)")
+    g.add_argument("--save-every", type=int, help="also keep checkpoints/epoch_N.pt every N epochs (default 0: only last)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -66,7 +101,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fractions", type=_fraction_list, default=(0.01, 0.1, 1.0),
                    help="label fractions, comma-separated, e.g. 1%%,10%%,100%% (default)")
     g.add_argument("--protocols", default="knn,linear,finetune", help="any of knn,linear,finetune (default all)")
-    g.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and random-init rows")
+    g.add_argument("--no-baselines", action="store_true", help="skip the raw-input and random-init rows")
     g.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
     g.add_argument("--temperature-knn", dest="knn_t", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
     g.add_argument("--linear-epochs", type=int, help="linear-probe epochs (default 100 GPU / 30 CPU)")
@@ -76,15 +111,22 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import a module or .py file that registers methods, sources or backbones (repeatable)")
+
+
+def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
+    """The parser; `pretrain` carries the flags of `method`'s settings."""
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised pretraining and honest evaluation.",
                                 epilog=MAIN_JOB)
-    sub = p.add_subparsers(dest="command", metavar="{pretrain,eval,embed}")
+    _add_common(p)
+    sub = p.add_subparsers(dest="command", metavar="{pretrain,eval,embed,methods}")
     pt = sub.add_parser("pretrain", help="pretrain an encoder with a pretext task",
                         description="Pretrain an encoder; writes RUN_DIR/config.yaml, metrics.jsonl, checkpoints/, plots/.")
-    _add_pretrain_args(pt)
+    _add_pretrain_args(pt, method)
     ev = sub.add_parser("eval", help="evaluate a run's frozen features next to baselines",
-                        description="kNN, linear probe and fine-tuning at label fractions, beside raw pixels and a "
+                        description="kNN, linear probe and fine-tuning at label fractions, beside the raw input and a "
                                     "random-init encoder of the same architecture. Prints Markdown; writes eval.json/eval.md.")
     ev.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
     ev.add_argument("--data", help="labelled data to evaluate on (default: the run's data)")
@@ -95,22 +137,48 @@ def build_parser() -> argparse.ArgumentParser:
     em = sub.add_parser("embed", help="write a run's features for a data source to .npy/.npz",
                         description="Features in input order: .npy (features only) or .npz (features, labels, paths).")
     em.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
-    em.add_argument("--data", required=True, help="images to embed: a built-in name or a path")
+    em.add_argument("--data", required=True, help="data to embed: a built-in name or a path")
     em.add_argument("--out", required=True, help="output file, .npy or .npz")
     em.add_argument("--split", default="train", choices=("train", "test"), help="split of a built-in source (default train)")
     em.add_argument("--labels", help="label file for .npy/IDX data")
     em.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if present)")
-    em.add_argument("--batch-size", type=int, default=1024, help="images per forward pass (default 1024)")
+    em.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass (default 1024)")
+    me = sub.add_parser("methods", help="list the methods with their papers, data, settings and defaults",
+                        description="Every registered method; with NAME, each of its settings explained.")
+    me.add_argument("name", nargs="?", help="one method to explain in full")
+    for s in (pt, ev, em, me):
+        _add_common(s)
     return p
 
 
+def _prescan(argv: list[str]) -> argparse.Namespace:
+    """--plugin and --method, read before the real parser is built (the parser depends on both)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    pre.add_argument("--method", default="simclr")
+    return pre.parse_known_args(argv)[0]
+
+
+def _method_args(a: argparse.Namespace) -> dict:
+    out = {}
+    for item in a.settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SelfSupError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    out.update({k[len(HP_PREFIX):]: v for k, v in vars(a).items() if k.startswith(HP_PREFIX)})
+    return out
+
+
 def _config_from_args(a: argparse.Namespace) -> Config:
-    return Config(method=a.method, data=a.data, labels=a.labels, out=a.out, epochs=a.epochs, backbone=a.backbone,
-                  batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay,
-                  warmup_epochs=a.warmup_epochs, temperature=a.temperature, proj_hidden=a.proj_hidden,
-                  proj_dim=a.proj_dim, queue_size=a.queue_size, momentum=a.momentum, seed=a.seed, device=a.device,
-                  precision=a.precision, compile=a.compile, knn_every=a.knn_every, save_every=a.save_every,
-                  threads=a.threads)
+    given = {k: getattr(a, k) for k in CONFIG_FLAGS if getattr(a, k) is not None}
+    method_args = _method_args(a)
+    if a.resume:
+        changed = sorted(set(given) - {"out", "epochs"}) + sorted(method_args)
+        if changed:
+            raise SelfSupError(f"--resume continues a run with its saved settings; drop "
+                               f"{', '.join('--' + c.replace('_', '-') for c in changed)}")
+    return Config(**given, method_args=method_args)
 
 
 def _eval_kwargs(a: argparse.Namespace) -> dict:
@@ -120,10 +188,33 @@ def _eval_kwargs(a: argparse.Namespace) -> dict:
                 finetune_max_steps=None if a.finetune_max_steps == 0 else a.finetune_max_steps, seed=a.eval_seed)
 
 
+def describe_methods(name: str | None = None) -> str:
+    """`selfsup methods [NAME]`: each method's paper, data kind, default backbone, optimizers and settings."""
+    chosen = methods() if name is None else {canonical_name(name): get_method(name)}
+    blocks = []
+    for key, cls in chosen.items():
+        aliases = f" (also {', '.join(cls.aliases)})" if cls.aliases else ""
+        opts = ", ".join(f"{o} lr {d.lr:g} wd {d.weight_decay:g}" for o, d in cls.optimizers.items())
+        lines = [f"{key}{aliases}: {cls.paper}",
+                 f"  data: {cls.modality}   backbone: {cls.backbone_default or 'small_cnn on CPU, resnet18 on GPU'}",
+                 f"  optimizers (first is the default; sgd/lars lr per 256 samples): {opts}"]
+        fields = describe_fields(cls.Hparams)
+        if name is None:
+            lines.append("  settings: " + (", ".join(f"{n}={d!r}" for n, _, d, _ in fields) or "none"))
+        else:
+            lines += [f"  --{n.replace('_', '-')} / --set {n}=...  {t}, default {d!r}: {h}" for n, t, d, h in fields]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def _run(argv: list[str] | None) -> int:
     from . import api
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = _prescan(argv)
+    for plugin in pre.plugin:
+        load_plugin(plugin)
+    args = build_parser(pre.method).parse_args(argv)
     if args.command is None:
         run_dir = api.pretrain(Config())
         result = api.evaluate(run_dir)
@@ -141,6 +232,8 @@ def _run(argv: list[str] | None) -> int:
     elif args.command == "embed":
         api.embed(args.run_dir, args.data, args.out, split=args.split, labels=args.labels, device=args.device,
                   batch_size=args.batch_size)
+    elif args.command == "methods":
+        print(describe_methods(args.name))
     return 0
 
 

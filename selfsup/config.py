@@ -1,4 +1,4 @@
-"""Run configuration: one dataclass, defaults fitted to the hardware, saved as config.yaml in the run dir."""
+"""Run configuration: one dataclass, defaults fitted to the method and the hardware, saved as config.yaml."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,17 +8,24 @@ from pathlib import Path
 import yaml
 
 from .errors import SelfSupError
-from .methods import canonical_name, method_class
+from .methods import get_method
+from .methods.hparams import hparams_to_dict, nearest, parse_hparams
+from .train.optim import OPTIMIZERS, scaled_lr
 
 # Recipes fitted to the hardware. CPU: a small CNN that finishes in about ten minutes on two cores.
 CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, epochs=6, knn_every=1)
 # On a GPU an epoch takes seconds and a kNN pass over the full splits a good part of one: monitor every 5 epochs.
 GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, epochs=200, knn_every=5)
+# Method settings that were run-level fields before the method contract (config.yaml of older runs).
+_LEGACY_METHOD_KEYS = ("temperature", "proj_hidden", "proj_dim", "queue_size", "momentum")
 
 
 @dataclass
 class Config:
-    """Everything needed to rebuild a run. None means "fill in from the method and the hardware"."""
+    """Everything needed to rebuild a run. None means "fill in from the method and the hardware".
+
+    `method_args` holds the method's own settings (its Hparams); resolved, it lists every one of them.
+    """
 
     method: str = "simclr"
     data: str = "fashion-mnist"
@@ -31,11 +38,6 @@ class Config:
     lr: float | None = None
     weight_decay: float | None = None
     warmup_epochs: float = 2.0
-    temperature: float | None = None
-    proj_hidden: int | None = None
-    proj_dim: int | None = None
-    queue_size: int | None = None
-    momentum: float | None = None
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -50,10 +52,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise SelfSupError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        legacy = {k: d.pop(k) for k in _LEGACY_METHOD_KEYS if k in d}
+        d["method_args"] = {**{k: v for k, v in legacy.items() if v is not None}, **(d.get("method_args") or {})}
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in known:
+                raise SelfSupError(f"unknown config key {key!r}{nearest(key, known)}")
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -68,22 +73,28 @@ class Config:
 
 
 def resolve(cfg: Config, device_type: str) -> Config:
-    """Fill every None field from the method's defaults and the hardware recipe; returns a new Config."""
-    cfg = dataclasses.replace(cfg, method=canonical_name(cfg.method))
-    cls = method_class(cfg.method)
+    """Fill every None field from the method's declarations and the hardware recipe; returns a new Config.
+
+    The learning rate and weight decay come from the method's defaults for the chosen optimizer, never from
+    another optimizer's: an optimizer the method declares no defaults for needs an explicit --lr.
+    """
+    cls = get_method(cfg.method)
     hw = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
-    d = cfg.to_dict()
-    merged = {**hw, **cls.defaults}
-    for k, v in merged.items():
-        if k in d and d[k] is None:
-            d[k] = v
-    # Linear scaling rule for the SGD family: defaults are per 256 images.
-    if cfg.lr is None and d["optimizer"] in ("sgd", "lars"):
-        d["lr"] = cls.defaults["lr"] * d["batch_size"] / 256
-    return Config.from_dict(d)
-
-
-def method_hparams(cfg: Config) -> dict:
-    """The keyword arguments a method's constructor takes from the config."""
-    keys = ("temperature", "proj_hidden", "proj_dim", "queue_size", "momentum")
-    return {**{k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}, **cfg.method_args}
+    hp = parse_hparams(cls.name, cls.Hparams, cfg.method_args)
+    optimizer = (cfg.optimizer or next(iter(cls.optimizers))).lower()
+    if optimizer not in OPTIMIZERS:
+        raise SelfSupError(f"unknown optimizer {optimizer!r}{nearest(optimizer, OPTIMIZERS)}; "
+                           f"choose from {', '.join(OPTIMIZERS)}")
+    defaults = cls.optimizers.get(optimizer)
+    if defaults is None and cfg.lr is None:
+        raise SelfSupError(f"{cls.name} has no default learning rate for --optimizer {optimizer} (it has defaults "
+                           f"for {', '.join(cls.optimizers)}); pass --lr")
+    batch_size = cfg.batch_size or hw["batch_size"]
+    return dataclasses.replace(
+        cfg, method=cls.name, optimizer=optimizer, batch_size=batch_size,
+        epochs=cfg.epochs or hw["epochs"],
+        backbone=cfg.backbone or cls.backbone_default or hw["backbone"],
+        knn_every=hw["knn_every"] if cfg.knn_every is None else cfg.knn_every,
+        lr=cfg.lr if cfg.lr is not None else scaled_lr(optimizer, defaults.lr, batch_size),
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (defaults.weight_decay if defaults else 0.0),
+        method_args=hparams_to_dict(hp))

@@ -1,17 +1,17 @@
-"""A run directory: its layout, and rebuilding the model a run trained."""
+"""A run directory: its layout, and rebuilding the method a run trained."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .config import Config, method_hparams
+from .config import Config
+from .data.types import DataSpec, image_spec
 from .errors import SelfSupError
-from .methods import method_class
-from .models import build_backbone
-from .train.checkpoint import load_checkpoint, prefixed
+from .methods import Method, get_method, parse_hparams
+from .models.encoder import Encoder
+from .train.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -41,11 +41,21 @@ class RunPaths:
         return self.root / "plots"
 
 
-def build_method(cfg: Config, in_shape, mean, std) -> nn.Module:
-    """A freshly initialised method (backbone + heads), seeded by cfg.seed."""
-    torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.backbone, tuple(in_shape))
-    return method_class(cfg.method)(backbone, tuple(in_shape), mean, std, **method_hparams(cfg))
+def build_method(cfg: Config, spec: DataSpec, seed: int | None = None) -> Method:
+    """A freshly initialised method (backbone + heads) for a resolved config, seeded by cfg.seed (or `seed`)."""
+    cls = get_method(cfg.method)
+    if spec.kind != cls.modality:
+        raise SelfSupError(f"method {cls.name} learns from {cls.modality} data, but {cfg.data} holds "
+                           f"{spec.kind} data")
+    torch.manual_seed(cfg.seed if seed is None else seed)
+    return cls(spec, parse_hparams(cls.name, cls.Hparams, cfg.method_args), cfg.backbone)
+
+
+def checkpoint_spec(ckpt: dict) -> DataSpec:
+    """The data spec a checkpoint was trained with (older checkpoints stored in_shape, mean and std)."""
+    if "spec" in ckpt:
+        return DataSpec.from_dict(ckpt["spec"])
+    return image_spec(ckpt["in_shape"], ckpt["mean"], ckpt["std"])
 
 
 @dataclass
@@ -53,24 +63,30 @@ class TrainedRun:
     """What evaluation and embedding need from a finished (or interrupted) run."""
 
     config: Config
-    backbone: nn.Module
-    in_shape: tuple[int, int, int]
-    mean: list[float]
-    std: list[float]
+    method: Method
+    encoder: Encoder
+    spec: DataSpec
     epoch: int
     data_name: str
 
+    def random_encoder(self, seed: int) -> Encoder:
+        """The same architecture freshly initialised (the random-init baseline)."""
+        return build_method(self.config, self.spec, seed=seed).encoder()
+
 
 def load_run(run_dir: str | Path) -> TrainedRun:
-    """Load a run's backbone from its last checkpoint (projector and other heads dropped)."""
+    """Rebuild a run's method from its last checkpoint and take its encoder (heads are not used)."""
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise SelfSupError(f"no such run directory: {paths.root}")
     ckpt = load_checkpoint(paths.last)
     cfg = Config.from_dict(ckpt["config"])
-    in_shape = tuple(int(v) for v in ckpt["in_shape"])
-    backbone = build_backbone(cfg.backbone, in_shape)
-    backbone.load_state_dict(prefixed(ckpt["model"], "backbone"))
-    backbone.eval()
-    return TrainedRun(cfg, backbone, in_shape, list(ckpt["mean"]), list(ckpt["std"]), int(ckpt["epoch"]),
-                      str(ckpt.get("data_name", cfg.data)))
+    spec = checkpoint_spec(ckpt)
+    method = build_method(cfg, spec)
+    missing, unexpected = method.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise SelfSupError(f"checkpoint {paths.last} does not match method {cfg.method}: missing "
+                           f"{', '.join(missing[:3]) or 'nothing'}, unexpected {', '.join(unexpected[:3]) or 'nothing'} "
+                           f"(written by another version of selfsup?)")
+    method.eval()
+    return TrainedRun(cfg, method, method.encoder(), spec, int(ckpt["epoch"]), str(ckpt.get("data_name", cfg.data)))

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from selfsup.data import load_images
+from selfsup.data import load_data
 
 
 @pytest.fixture(scope="session")
 def digits():
-    """(train, test) ImageData of the 8x8 digits."""
-    return load_images("digits", "train"), load_images("digits", "test")
+    """(train, test) Dataset of the 8x8 digits."""
+    return load_data("digits", "train"), load_data("digits", "test")
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.data import ImageData, load_images, read_idx
+from selfsup.data import Dataset, load_data, read_idx
 from selfsup.data import fashion_mnist as fm
 from selfsup.errors import SelfSupError
 
@@ -71,22 +71,22 @@ def fake_mirror(root, monkeypatch, n_train=12, n_test=4) -> dict[str, np.ndarray
 def test_fashion_mnist_local(monkeypatch, tmp_path):
     monkeypatch.delenv("SELFSUP_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # empty cache: must be found in the Debian dir
-    train = load_images("fashion-mnist", "train")
-    test = load_images("fmnist", "test")
-    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
-    assert train.images.dtype == torch.uint8 and train.images.is_contiguous()
+    train = load_data("fashion-mnist", "train")
+    test = load_data("fmnist", "test")
+    assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
+    assert train.x.dtype == torch.uint8 and train.x.is_contiguous()
     assert train.labels.dtype == torch.int64
     assert torch.equal(train.labels.bincount(), torch.full((10,), 6000))
     assert test.labels.min() == 0 and test.labels.max() == 9
     assert train.classes[0] == "T-shirt/top" and train.num_classes == 10
     assert train.name == "fashion-mnist:train" and train.paths is None
-    assert train.images.float().std() > 10  # not blank
+    assert train.x.float().std() > 10  # not blank
 
 
 @pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_dir_as_src():
-    data = load_images(DEBIAN, "test")
-    assert data.images.shape == (10000, 1, 28, 28) and len(data.labels) == 10000
+    data = load_data(DEBIAN, "test")
+    assert data.x.shape == (10000, 1, 28, 28) and len(data.labels) == 10000
     assert data.name.startswith(DEBIAN)
 
 
@@ -98,20 +98,20 @@ def test_fashion_mnist_bad_local_header(tmp_path, monkeypatch, no_local_fmnist):
         write_idx(d / name, np.zeros(shape))
     monkeypatch.setenv("SELFSUP_DATA", str(d))
     with pytest.raises(SelfSupError, match="not a Fashion-MNIST file: .*mine"):
-        load_images("fashion-mnist")
+        load_data("fashion-mnist")
 
 
 def test_fashion_mnist_download(tmp_path, monkeypatch, no_local_fmnist):
     arrays = fake_mirror(tmp_path / "mirror", monkeypatch)
-    train = load_images("fashion-mnist", "train")
+    train = load_data("fashion-mnist", "train")
     assert sorted(os.listdir(no_local_fmnist)) == sorted(f"{n}.gz" for n in fm.MD5)
-    assert train.images.shape == (12, 1, 28, 28)
-    assert np.array_equal(train.images[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
+    assert train.x.shape == (12, 1, 28, 28)
+    assert np.array_equal(train.x[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
     assert train.labels.tolist() == (np.arange(12) % 10).tolist()
     # now found in the cache: no second download (the mirror can disappear)
     monkeypatch.setenv("SELFSUP_FASHION_MNIST_URL", f"file://{tmp_path}/gone/")
-    test = load_images("fashion-mnist", "test")
-    assert test.images.shape == (4, 1, 28, 28)
+    test = load_data("fashion-mnist", "test")
+    assert test.x.shape == (4, 1, 28, 28)
 
 
 def test_fashion_mnist_download_checksum_mismatch(tmp_path, monkeypatch, no_local_fmnist):
@@ -119,7 +119,7 @@ def test_fashion_mnist_download_checksum_mismatch(tmp_path, monkeypatch, no_loca
     bad = tmp_path / "mirror" / "t10k-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:-5] + b"xxxxx")
     with pytest.raises(SelfSupError, match=r"checksum.*t10k-images-idx3-ubyte\.gz"):
-        load_images("fashion-mnist", "train")
+        load_data("fashion-mnist", "train")
     left = os.listdir(no_local_fmnist)
     assert "t10k-images-idx3-ubyte.gz" not in left
     assert not any(".part" in f or f.startswith(".") for f in left)  # no temp files left behind
@@ -128,18 +128,18 @@ def test_fashion_mnist_download_checksum_mismatch(tmp_path, monkeypatch, no_loca
 def test_fashion_mnist_download_unreachable(tmp_path, monkeypatch, no_local_fmnist):
     monkeypatch.setenv("SELFSUP_FASHION_MNIST_URL", f"file://{tmp_path}/nothing-here/")
     with pytest.raises(SelfSupError, match="cannot download file://"):
-        load_images("fashion-mnist")
+        load_data("fashion-mnist")
 
 
 # ---------------------------------------------------------------- digits
 
 def test_digits_split():
-    train, test = load_images("digits", "train"), load_images("digits", "test")
-    assert train.images.shape[1:] == (1, 8, 8) and train.images.dtype == torch.uint8
+    train, test = load_data("digits", "train"), load_data("digits", "test")
+    assert train.x.shape[1:] == (1, 8, 8) and train.x.dtype == torch.uint8
     assert len(train) + len(test) == 1797 and len(test) == 540
-    assert train.images.max() == 255 and train.images.min() == 0
-    again = load_images("digits", "train")
-    assert torch.equal(train.images, again.images) and torch.equal(train.labels, again.labels)
+    assert train.x.max() == 255 and train.x.min() == 0
+    again = load_data("digits", "train")
+    assert torch.equal(train.x, again.x) and torch.equal(train.labels, again.labels)
     # stratified: each class's share in test is ~30% of its total
     tr, te = train.labels.bincount(minlength=10), test.labels.bincount(minlength=10)
     frac = te.float() / (tr + te).float()
@@ -151,7 +151,7 @@ def test_digits_values_scaled():
     from sklearn.datasets import load_digits
 
     ds = load_digits()
-    allimgs = torch.cat([load_images("digits", "train").images, load_images("digits", "test").images])
+    allimgs = torch.cat([load_data("digits", "train").x, load_data("digits", "test").x])
     expected = set(np.round(np.unique(ds.images) * 255 / 16).astype(int).tolist())
     assert set(allimgs.unique().tolist()) == expected
 
@@ -163,15 +163,15 @@ def test_folder_labeled(tmp_path):
     for cls, v in (("zebra", 10), ("apple", 200)):
         for i in range(3):
             png(root / cls / f"{i}.png", value=v)
-    data = load_images(str(root))
+    data = load_data(str(root))
     assert data.classes == ["apple", "zebra"]
-    assert data.images.shape == (6, 1, 5, 6)
+    assert data.x.shape == (6, 1, 5, 6)
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert data.paths == sorted(str(p) for p in root.rglob("*.png"))
     # labels line up with the image contents and with the paths
-    assert (data.images[data.labels == 0] == 200).all() and (data.images[data.labels == 1] == 10).all()
+    assert (data.x[data.labels == 0] == 200).all() and (data.x[data.labels == 1] == 10).all()
     assert all(f"{os.sep}{data.classes[l]}{os.sep}" in p for p, l in zip(data.paths, data.labels.tolist()))
-    assert load_images(str(root), "test") is None
+    assert load_data(str(root), "test") is None
 
 
 def test_folder_unlabeled_flat_and_case_insensitive(tmp_path):
@@ -179,7 +179,7 @@ def test_folder_unlabeled_flat_and_case_insensitive(tmp_path):
     png(tmp_path / "a.png")
     Image.new("L", (6, 5), 7).save(tmp_path / "c.JPEG", format="JPEG")
     (tmp_path / "notes.txt").write_text("ignore me")
-    data = load_images(str(tmp_path))
+    data = load_data(str(tmp_path))
     assert data.labels is None and data.num_classes == 0 and data.classes is None
     assert [os.path.basename(p) for p in data.paths] == ["a.png", "b.PNG", "c.JPEG"]
 
@@ -187,40 +187,40 @@ def test_folder_unlabeled_flat_and_case_insensitive(tmp_path):
 def test_folder_images_outside_subfolders_unlabeled(tmp_path):
     png(tmp_path / "cat" / "1.png")
     png(tmp_path / "loose.png")
-    assert load_images(str(tmp_path)).labels is None
+    assert load_data(str(tmp_path)).labels is None
 
 
 def test_folder_rgb_vs_gray(tmp_path):
     png(tmp_path / "gray" / "a.png", mode="L")
     png(tmp_path / "gray" / "b.png", mode="1")
-    assert load_images(str(tmp_path / "gray")).images.shape[1] == 1
+    assert load_data(str(tmp_path / "gray")).x.shape[1] == 1
     png(tmp_path / "mixed" / "a.png", mode="L", value=50)
     png(tmp_path / "mixed" / "b.png", mode="RGBA")
     png(tmp_path / "mixed" / "c.png", mode="P", value=3)
-    data = load_images(str(tmp_path / "mixed"))
-    assert data.images.shape == (3, 3, 5, 6)
-    assert (data.images[0] == 50).all()  # gray replicated to 3 channels
+    data = load_data(str(tmp_path / "mixed"))
+    assert data.x.shape == (3, 3, 5, 6)
+    assert (data.x[0] == 50).all()  # gray replicated to 3 channels
 
 
 def test_folder_mixed_sizes_resized(tmp_path):
     png(tmp_path / "a.png", size=(10, 4))
     png(tmp_path / "b.png", size=(7, 9))
     png(tmp_path / "c.png", size=(7, 9))
-    data = load_images(str(tmp_path))
-    assert data.images.shape == (3, 1, 9, 7)  # most common (W=7, H=9) wins
-    assert (data.images[0] == 100).all()  # bilinear on a solid image keeps its value
+    data = load_data(str(tmp_path))
+    assert data.x.shape == (3, 1, 9, 7)  # most common (W=7, H=9) wins
+    assert (data.x[0] == 100).all()  # bilinear on a solid image keeps its value
 
 
 def test_folder_size_tie_first_seen(tmp_path):
     png(tmp_path / "a.png", size=(10, 4))
     png(tmp_path / "b.png", size=(7, 9))
-    assert load_images(str(tmp_path)).images.shape == (2, 1, 4, 10)
+    assert load_data(str(tmp_path)).x.shape == (2, 1, 4, 10)
 
 
 def test_folder_empty(tmp_path):
     (tmp_path / "sub").mkdir()
     with pytest.raises(SelfSupError, match=f"no images .* found in folder {tmp_path}"):
-        load_images(str(tmp_path))
+        load_data(str(tmp_path))
 
 
 def test_folder_corrupt_image(tmp_path):
@@ -229,7 +229,7 @@ def test_folder_corrupt_image(tmp_path):
     (tmp_path / "b.png").write_bytes(good[: len(good) // 2])  # truncated: header OK, data not
     (tmp_path / "c.png").write_bytes(b"not an image at all")
     with pytest.raises(SelfSupError) as e:
-        load_images(str(tmp_path))
+        load_data(str(tmp_path))
     assert f"corrupt image: {tmp_path / 'b.png'}" in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -239,67 +239,67 @@ def test_folder_corrupt_image(tmp_path):
 def test_npy_nhw_and_nhwc(tmp_path):
     a = np.random.default_rng(0).integers(0, 256, (4, 5, 6), dtype=np.uint8)
     np.save(tmp_path / "a.npy", a)
-    data = load_images(str(tmp_path / "a.npy"))
-    assert data.images.shape == (4, 1, 5, 6) and data.labels is None
-    assert np.array_equal(data.images[:, 0].numpy(), a)
+    data = load_data(str(tmp_path / "a.npy"))
+    assert data.x.shape == (4, 1, 5, 6) and data.labels is None
+    assert np.array_equal(data.x[:, 0].numpy(), a)
     b = np.random.default_rng(1).integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "b.npy", b)
-    data = load_images(str(tmp_path / "b.npy"))
-    assert data.images.shape == (4, 3, 5, 6) and data.images.is_contiguous()
-    assert np.array_equal(data.images.permute(0, 2, 3, 1).numpy(), b)
-    assert load_images(str(tmp_path / "b.npy"), "test") is None
+    data = load_data(str(tmp_path / "b.npy"))
+    assert data.x.shape == (4, 3, 5, 6) and data.x.is_contiguous()
+    assert np.array_equal(data.x.permute(0, 2, 3, 1).numpy(), b)
+    assert load_data(str(tmp_path / "b.npy"), "test") is None
 
 
 def test_npy_wrong_shape_and_dtype(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((5, 3), dtype=np.uint8))
     with pytest.raises(SelfSupError, match=r"got shape \(5, 3\) dtype uint8"):
-        load_images(str(tmp_path / "a.npy"))
+        load_data(str(tmp_path / "a.npy"))
     np.save(tmp_path / "b.npy", np.zeros((2, 4, 4, 2), dtype=np.uint8))
     with pytest.raises(SelfSupError, match=r"got shape \(2, 4, 4, 2\)"):
-        load_images(str(tmp_path / "b.npy"))
+        load_data(str(tmp_path / "b.npy"))
     np.save(tmp_path / "f.npy", np.zeros((2, 4, 4)))
     with pytest.raises(SelfSupError, match=f"{tmp_path / 'f.npy'}, got shape .* dtype float64"):
-        load_images(str(tmp_path / "f.npy"))
+        load_data(str(tmp_path / "f.npy"))
 
 
 def test_npy_pickle_refused(tmp_path):
     np.save(tmp_path / "o.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     with pytest.raises(SelfSupError, match="o.npy"):
-        load_images(str(tmp_path / "o.npy"))
+        load_data(str(tmp_path / "o.npy"))
 
 
 def test_npy_with_label_file(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((3, 4, 4), dtype=np.uint8))
     np.save(tmp_path / "y.npy", np.array([2, 0, 1], dtype=np.int32))
-    data = load_images(str(tmp_path / "a.npy"), labels=str(tmp_path / "y.npy"))
+    data = load_data(str(tmp_path / "a.npy"), labels=str(tmp_path / "y.npy"))
     assert data.labels.tolist() == [2, 0, 1] and data.labels.dtype == torch.int64
     write_idx(tmp_path / "y.idx1", np.array([1, 1, 0]))
-    assert load_images(str(tmp_path / "a.npy"), labels=str(tmp_path / "y.idx1")).labels.tolist() == [1, 1, 0]
+    assert load_data(str(tmp_path / "a.npy"), labels=str(tmp_path / "y.idx1")).labels.tolist() == [1, 1, 0]
     np.save(tmp_path / "short.npy", np.array([1, 2]))
     with pytest.raises(SelfSupError, match=f"2 labels for 3 images in {tmp_path / 'short.npy'}"):
-        load_images(str(tmp_path / "a.npy"), labels=str(tmp_path / "short.npy"))
+        load_data(str(tmp_path / "a.npy"), labels=str(tmp_path / "short.npy"))
 
 
 def test_npz_with_labels(tmp_path):
     x = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     np.savez(tmp_path / "a.npz", x=x, y=np.array([1, 0]))
-    data = load_images(str(tmp_path / "a.npz"))
-    assert data.images.shape == (2, 1, 3, 3) and data.labels.tolist() == [1, 0]
+    data = load_data(str(tmp_path / "a.npz"))
+    assert data.x.shape == (2, 1, 3, 3) and data.labels.tolist() == [1, 0]
     np.savez(tmp_path / "only.npz", whatever=x)
-    assert load_images(str(tmp_path / "only.npz")).labels is None
+    assert load_data(str(tmp_path / "only.npz")).labels is None
 
 
 def test_npz_label_errors(tmp_path):
     x = np.zeros((7, 3, 3), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=x, labels=np.arange(5))
     with pytest.raises(SelfSupError, match=f"5 labels for 7 images in {tmp_path / 'a.npz'}"):
-        load_images(str(tmp_path / "a.npz"))
+        load_data(str(tmp_path / "a.npz"))
     np.savez(tmp_path / "b.npz", images=x, labels=np.zeros(7, dtype=np.float32))
     with pytest.raises(SelfSupError, match="integer labels"):
-        load_images(str(tmp_path / "b.npz"))
+        load_data(str(tmp_path / "b.npz"))
     np.savez(tmp_path / "c.npz", foo=x, bar=x)
     with pytest.raises(SelfSupError, match="no image array"):
-        load_images(str(tmp_path / "c.npz"))
+        load_data(str(tmp_path / "c.npz"))
 
 
 # ---------------------------------------------------------------- IDX
@@ -309,17 +309,17 @@ def test_idx_roundtrip(tmp_path, gz):
     a = np.random.default_rng(0).integers(0, 256, (5, 7, 6), dtype=np.uint8)
     p = write_idx(tmp_path / ("x-images-idx3-ubyte" + (".gz" if gz else "")), a, gz=gz)
     assert np.array_equal(read_idx(p), a)
-    data = load_images(p)
-    assert data.images.shape == (5, 1, 7, 6) and data.labels is None
-    assert np.array_equal(data.images[:, 0].numpy(), a)
-    assert load_images(p, "test") is None
+    data = load_data(p)
+    assert data.x.shape == (5, 1, 7, 6) and data.labels is None
+    assert np.array_equal(data.x[:, 0].numpy(), a)
+    assert load_data(p, "test") is None
 
 
 def test_idx_gz_detected_by_magic_and_sniffed_name(tmp_path):
     a = np.ones((2, 3, 3), dtype=np.uint8)
     p = write_idx(tmp_path / "weird.bin", a, gz=True)  # no .gz suffix, no idx name
     assert np.array_equal(read_idx(p), a)
-    assert load_images(p).images.shape == (2, 1, 3, 3)
+    assert load_data(p).x.shape == (2, 1, 3, 3)
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -327,13 +327,13 @@ def test_idx_sibling_labels(tmp_path, gz):
     ext = ".gz" if gz else ""
     p = write_idx(tmp_path / f"train-images-idx3-ubyte{ext}", np.zeros((3, 4, 4)), gz=gz)
     write_idx(tmp_path / f"train-labels-idx1-ubyte{ext}", np.array([4, 5, 6]), gz=gz)
-    assert load_images(p).labels.tolist() == [4, 5, 6]
+    assert load_data(p).labels.tolist() == [4, 5, 6]
     # an explicit label file wins over the sibling
     write_idx(tmp_path / "other", np.array([0, 0, 1]))
-    assert load_images(p, labels=str(tmp_path / "other")).labels.tolist() == [0, 0, 1]
+    assert load_data(p, labels=str(tmp_path / "other")).labels.tolist() == [0, 0, 1]
     write_idx(tmp_path / "short", np.array([0]))
     with pytest.raises(SelfSupError, match="1 labels for 3 images"):
-        load_images(p, labels=str(tmp_path / "short"))
+        load_data(p, labels=str(tmp_path / "short"))
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -346,33 +346,33 @@ def test_idx_truncated(tmp_path, gz):
     else:
         target.write_bytes(raw)
     with pytest.raises(SelfSupError, match=f"truncated .*{target}"):
-        load_images(str(target))
+        load_data(str(target))
 
 
-# ---------------------------------------------------------------- errors & ImageData
+# ---------------------------------------------------------------- errors & Dataset
 
 def test_missing_path():
     with pytest.raises(SelfSupError, match="no such file or directory: /nope/really"):
-        load_images("/nope/really")
+        load_data("/nope/really")
 
 
 def test_unsupported_file(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(SelfSupError, match=r"unsupported data source: .*a\.txt.*\.npy"):
-        load_images(str(tmp_path / "a.txt"))
+        load_data(str(tmp_path / "a.txt"))
 
 
 def test_bad_split():
     with pytest.raises(SelfSupError, match="split"):
-        load_images("digits", "val")
+        load_data("digits", "val")
 
 
-def test_imagedata_subset_and_to():
-    d = ImageData(torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1), torch.tensor([0, 1, 2, 1, 0]),
-                  paths=list("abcde"), classes=None, name="n")
+def test_dataset_subset_and_to():
+    d = Dataset(torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1), torch.tensor([0, 1, 2, 1, 0]),
+                paths=list("abcde"), classes=None, name="n")
     s = d.subset(torch.tensor([4, 1]))
-    assert s.images.flatten().tolist() == [4, 1] and s.labels.tolist() == [0, 1] and s.paths == ["e", "b"]
+    assert s.x.flatten().tolist() == [4, 1] and s.labels.tolist() == [0, 1] and s.paths == ["e", "b"]
     assert len(s) == 2 and d.num_classes == 3
     m = d.subset(torch.tensor([True, False, True, False, False]))
     assert m.paths == ["a", "c"]
-    assert d.to("cpu").images.device.type == "cpu"
+    assert d.to("cpu").x.device.type == "cpu"

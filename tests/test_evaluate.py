@@ -12,6 +12,8 @@ from torch import nn
 from sklearn.datasets import load_digits
 from sklearn.neighbors import NearestNeighbors
 
+from selfsup.data import image_spec
+from selfsup.models import Encoder
 from selfsup.evaluate import (class_balanced_subset, evaluate_encoder, extract_features, finetune, format_markdown,
                               knn_accuracy, knn_predict, linear_probe)
 
@@ -54,9 +56,10 @@ class TinyCNN(nn.Module):
         return self.net(x)
 
 
-def make_cnn(seed: int = 0) -> TinyCNN:
+def make_cnn(seed: int = 0) -> Encoder:
+    """A TinyCNN behind the Encoder that normalises raw uint8 digits with MEAN and STD."""
     torch.manual_seed(seed)
-    return TinyCNN()
+    return Encoder(TinyCNN(), image_spec((1, 8, 8), MEAN, STD))
 
 
 # ----------------------------------------------------------------------------------------------------- kNN
@@ -133,7 +136,7 @@ def test_extract_features_eval_mode_and_no_side_effects(digits):
         model(torch.randn(64, 1, 8, 8) * 2 + 1)
     bn_before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    f = extract_features(model, xtr, MEAN, STD, CPU, batch_size=64)
+    f = extract_features(model, xtr, CPU, batch_size=64)
     assert model.training  # mode restored
     assert f.dtype == torch.float32 and f.shape == (300, model.feature_dim)
     assert not f.requires_grad and f.grad_fn is None
@@ -142,13 +145,13 @@ def test_extract_features_eval_mode_and_no_side_effects(digits):
 
     ref_model = copy.deepcopy(model).eval()
     with torch.no_grad():
-        ref = ref_model((xtr.float() / 255 - 0.5) / 0.25)
-        batch_stats = copy.deepcopy(model).train()((xtr.float() / 255 - 0.5) / 0.25)
+        ref = ref_model.backbone((xtr.float() / 255 - 0.5) / 0.25)  # normalised by hand: the Encoder's job
+        batch_stats = copy.deepcopy(model).train()(xtr)
     assert torch.allclose(f, ref, atol=1e-5)
     assert not torch.allclose(f, batch_stats, atol=1e-3)  # the check would catch batch statistics
 
     model.eval()
-    extract_features(model, xtr[:10], MEAN, STD, CPU)
+    extract_features(model, xtr[:10], CPU)
     assert not model.training
 
 
@@ -157,7 +160,7 @@ def test_finetune_learns_and_leaves_backbone_unchanged(digits):
     xtr, ytr, xte, yte = digits
     model = make_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    acc = finetune(model, xtr, ytr, xte, yte, 10, MEAN, STD, CPU, epochs=30, batch_size=64, lr=0.05,
+    acc = finetune(model, xtr, ytr, xte, yte, 10, CPU, epochs=30, batch_size=64, lr=0.05,
                    max_steps=300)
     assert acc >= 0.8
     for k, v in model.state_dict().items():
@@ -172,9 +175,9 @@ def test_finetune_uses_augment_and_max_steps(digits):
     def augment(xb, gen):
         calls.append(xb.shape[0])
         assert xb.dtype == torch.uint8 and isinstance(gen, torch.Generator)
-        return (xb.float() / 255 - 0.5) / 0.25
+        return xb.float() / 255  # what the Encoder takes: floats in [0, 1]
 
-    acc = finetune(make_cnn(), xtr, ytr, xte[:50], yte[:50], 10, MEAN, STD, CPU, augment=augment, epochs=5,
+    acc = finetune(make_cnn(), xtr, ytr, xte[:50], yte[:50], 10, CPU, augment=augment, epochs=5,
                    batch_size=32, max_steps=7)
     assert len(calls) == 7 and 0.0 <= acc <= 1.0
 
@@ -197,7 +200,7 @@ def test_evaluate_encoder_digits(digits):
     xtr, ytr, xte, yte = digits
     model = make_cnn(seed=1)
     t0 = time.perf_counter()
-    res = evaluate_encoder(model, lambda: make_cnn(seed=2), xtr, ytr, xte, yte, 10, MEAN, STD, CPU,
+    res = evaluate_encoder(model, lambda: make_cnn(seed=2), xtr, ytr, xte, yte, 10, CPU,
                            name="my-ssl", fractions=(0.1, 1.0), k=20, linear_epochs=20, finetune_epochs=2,
                            finetune_max_steps=30, progress=False)
     elapsed = time.perf_counter() - t0
@@ -219,7 +222,7 @@ def test_evaluate_encoder_digits(digits):
     assert "**" in md and "—" in md and "| features | labels | kNN | linear | fine-tune |" in md
     assert f"10% ({len(class_balanced_subset(ytr, 0.1))})" in md
 
-    only = evaluate_encoder(model, lambda: make_cnn(seed=2), xtr, ytr, xte, yte, 10, MEAN, STD, CPU,
+    only = evaluate_encoder(model, lambda: make_cnn(seed=2), xtr, ytr, xte, yte, 10, CPU,
                             fractions=(1.0,), protocols=("knn",), baselines=False, progress=False)
     assert [r["features"] for r in only["results"]] == ["selfsup"]
     assert only["results"][0]["linear"] is None and only["results"][0]["finetune"] is None
@@ -246,12 +249,12 @@ def test_stratified_holdout_partitions_every_class():
 
 
 def test_eval_splits_prefers_the_sources_test_split():
-    from selfsup.data import ImageData
+    from selfsup.data import Dataset
     from selfsup.evaluate.subsets import eval_splits
 
     y = torch.arange(5).repeat_interleave(10)
-    train = ImageData(torch.zeros(50, 1, 4, 4, dtype=torch.uint8), y)
-    test = ImageData(torch.ones(7, 1, 4, 4, dtype=torch.uint8), torch.zeros(7, dtype=torch.long))
+    train = Dataset(torch.zeros(50, 1, 4, 4, dtype=torch.uint8), y)
+    test = Dataset(torch.ones(7, 1, 4, 4, dtype=torch.uint8), torch.zeros(7, dtype=torch.long))
     tr, te, note = eval_splits(train, test, seed=0)
     assert tr is train and te is test and "own test split" in note
     tr, te, note = eval_splits(train, None, seed=0)

@@ -7,24 +7,27 @@ import torch
 
 from selfsup import Config, SelfSupError, embed, evaluate, pretrain
 from selfsup.evaluate import class_balanced_subset, extract_features, knn_accuracy
-from selfsup.models import build_backbone
-from selfsup.rundir import RunPaths, build_method, load_run
+from selfsup.data import image_spec
+from selfsup.models import Encoder, build_backbone
+from selfsup.rundir import RunPaths, build_method, checkpoint_spec, load_run
 from selfsup.train.checkpoint import load_checkpoint
 from selfsup.train.loop import TrainingDiverged
 
 
-def cfg(tmp_path, **kw):
+def cfg(tmp_path, method_args=None, **kw):
     base = dict(data="digits", out=str(tmp_path / "run"), device="cpu", backbone="small_cnn", batch_size=128,
-                epochs=2, proj_hidden=128, knn_every=1, warmup_epochs=1.0)
+                epochs=2, knn_every=1, warmup_epochs=1.0)
     base.update(kw)
-    return Config(**base)
+    if base.get("method", "simclr") != "autoencoder":
+        method_args = {"proj_hidden": 128, **(method_args or {})}
+    return Config(**base, method_args=method_args or {})
 
 
-def knn_of(backbone, train, test, mean, std, fraction=1.0):
+def knn_of(encoder, train, test, fraction=1.0):
     dev = torch.device("cpu")
     idx = class_balanced_subset(train.labels, fraction, seed=0)
-    ftr = extract_features(backbone, train.images[idx], mean, std, dev)
-    fte = extract_features(backbone, test.images, mean, std, dev)
+    ftr = extract_features(encoder, train.x[idx], dev)
+    fte = extract_features(encoder, test.x, dev)
     k = 10 if fraction < 1 else 20
     return knn_accuracy(ftr, train.labels[idx], fte, test.labels, 10, k=k, temperature=0.1)
 
@@ -35,13 +38,13 @@ def test_simclr_on_digits_beats_random_init(tmp_path, digits):
     train, test = digits
     run_dir = pretrain(cfg(tmp_path, method="simclr", epochs=25, knn_every=0), progress=False)
     run = load_run(run_dir)
-    trained = {f: knn_of(run.backbone, train, test, run.mean, run.std, f) for f in (0.05, 1.0)}
+    trained = {f: knn_of(run.encoder, train, test, f) for f in (0.05, 1.0)}
     best_random = {0.05: 0.0, 1.0: 0.0}
     for seed in range(3):
         torch.manual_seed(seed)
-        bb = build_backbone("small_cnn", (1, 8, 8))
+        enc = Encoder(build_backbone("small_cnn", run.spec), run.spec)
         for f in best_random:
-            best_random[f] = max(best_random[f], knn_of(bb, train, test, run.mean, run.std, f))
+            best_random[f] = max(best_random[f], knn_of(enc, train, test, f))
     print(f"simclr kNN {trained} vs best of 3 random inits {best_random}")
     assert trained[0.05] > best_random[0.05] + 0.05
     assert trained[1.0] > best_random[1.0]
@@ -52,13 +55,13 @@ def test_autoencoder_beats_mean_image(tmp_path, digits):
     run_dir = pretrain(cfg(tmp_path, method="autoencoder", backbone="mlp", epochs=30, batch_size=64,
                            knn_every=0), progress=False)
     ck = load_checkpoint(RunPaths(run_dir).last)
-    method = build_method(Config.from_dict(ck["config"]), ck["in_shape"], ck["mean"], ck["std"])
+    method = build_method(Config.from_dict(ck["config"]), checkpoint_spec(ck))
     method.load_state_dict(ck["model"])
     method.eval()
-    x = test.images.float() / 255
+    x = test.x.float() / 255
     with torch.no_grad():
-        err = method(x)[0].item()
-    baseline = ((x - train.images.float().mean(0) / 255) ** 2).mean().item()
+        err = method({"x": x})[0].item()
+    baseline = ((x - train.x.float().mean(0) / 255) ** 2).mean().item()
     print(f"autoencoder test MSE {err:.4f} vs mean-image {baseline:.4f}")
     assert err < 0.35 * baseline
 
@@ -68,12 +71,12 @@ def test_conv_autoencoder_learns(tmp_path, digits):
     run_dir = pretrain(cfg(tmp_path, method="autoencoder", backbone="small_cnn", epochs=8, batch_size=64,
                            knn_every=0), progress=False)
     losses = [json.loads(line)["loss"] for line in open(RunPaths(run_dir).metrics)]
-    baseline = ((test.images.float() - train.images.float().mean(0)) ** 2).mean().item() / 255**2
+    baseline = ((test.x.float() - train.x.float().mean(0)) ** 2).mean().item() / 255**2
     assert losses[-1] < 0.6 * baseline and losses[-1] < losses[0]
 
 
 def test_resume_gives_identical_weights(tmp_path):
-    full = pretrain(cfg(tmp_path / "a", method="moco", epochs=3, queue_size=256), progress=False)
+    full = pretrain(cfg(tmp_path / "a", method="moco", epochs=3, method_args=dict(queue_size=256)), progress=False)
 
     class Stop(Exception):
         pass
@@ -83,7 +86,7 @@ def test_resume_gives_identical_weights(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        pretrain(cfg(tmp_path / "b", method="moco", epochs=3, queue_size=256), progress=False,
+        pretrain(cfg(tmp_path / "b", method="moco", epochs=3, method_args=dict(queue_size=256)), progress=False,
                  on_epoch_end=stop_after_one)
     assert load_checkpoint(RunPaths(tmp_path / "b" / "run").last)["epoch"] == 1
     resumed = pretrain(Config(out=str(tmp_path / "b" / "run"), epochs=3), resume=True, progress=False)
@@ -107,8 +110,8 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
 
     real_forward = SimCLR.forward
 
-    def poisoned(self, v1, v2):
-        loss, logs = real_forward(self, v1, v2)
+    def poisoned(self, batch):
+        loss, logs = real_forward(self, batch)
         return loss * float("nan"), logs
 
     monkeypatch.setattr(SimCLR, "forward", poisoned)
@@ -128,7 +131,8 @@ def test_run_directory_has_config_metrics_plots(tmp_path):
     recs = [json.loads(line) for line in open(p.metrics)]
     assert [r["epoch"] for r in recs] == [1, 2]
     assert all(0.0 <= r["knn"] <= 1.0 and r["loss"] > 0 for r in recs)
-    for name in ("loss.png", "knn.png", "views.png"):
+    assert all(0 <= r["logs"]["pos_acc"] <= 1 and r["logs"]["z_std"] > 0 for r in recs)  # SimCLR's own logs
+    for name in ("loss.png", "knn.png", "views.png", "logs.png"):
         data = (p.plots / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     with pytest.raises(SelfSupError, match="already holds a run"):
@@ -137,18 +141,18 @@ def test_run_directory_has_config_metrics_plots(tmp_path):
 
 def test_evaluation_drops_projector_and_embed_keeps_order(tmp_path, digits):
     train, test = digits
-    run_dir = pretrain(cfg(tmp_path, method="simclr", epochs=1, proj_dim=32), progress=False)
+    run_dir = pretrain(cfg(tmp_path, method="simclr", epochs=1, method_args=dict(proj_dim=32)), progress=False)
     run = load_run(run_dir)
     ck = load_checkpoint(RunPaths(run_dir).last)
     assert any(k.startswith("projector.") for k in ck["model"])
-    assert not hasattr(run.backbone, "projector")
+    assert not any("projector" in k for k in run.encoder.state_dict())
     out = embed(run_dir, "digits", tmp_path / "f.npz", split="test")
     import numpy as np
 
     z = np.load(out)
-    assert z["features"].shape == (len(test), run.backbone.feature_dim) != (len(test), 32)
+    assert z["features"].shape == (len(test), run.encoder.feature_dim) != (len(test), 32)
     np.testing.assert_array_equal(z["labels"], test.labels.numpy())
-    ref = extract_features(run.backbone, test.images, run.mean, run.std, torch.device("cpu"))
+    ref = extract_features(run.encoder, test.x, torch.device("cpu"))
     np.testing.assert_allclose(z["features"], ref.numpy(), rtol=1e-5, atol=1e-5)
     result = evaluate(run_dir, fractions=(0.1, 1.0), protocols=("knn", "linear"), linear_epochs=20, progress=False)
     rows = {(r["features"], r["fraction"]) for r in result["results"]}
@@ -174,7 +178,8 @@ def test_bf16_precision_path_trains_on_cpu(tmp_path, monkeypatch, digits):
     assert dtypes == {torch.bfloat16}
     losses = [json.loads(line)["loss"] for line in open(RunPaths(run_dir).metrics)]
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.1
-    pretrain(cfg(tmp_path / "m", method="moco", epochs=1, queue_size=256, precision="bf16", knn_every=0),
+    pretrain(cfg(tmp_path / "m", method="moco", epochs=1, method_args=dict(queue_size=256), precision="bf16",
+                 knn_every=0),
              progress=False)
     enqueued = len(digits[0]) // 128 * 128  # one batch of keys per step, into a ring of 256
     assert built[-1].queue.dtype == torch.float32 and built[-1].queue_ptr.item() == enqueued % 256

@@ -128,36 +128,42 @@ def test_ema_and_momentum_schedule():
 
 
 def make_moco(queue_size=16):
+    from selfsup.data import image_spec
     from selfsup.methods.moco import MoCo
 
-    return MoCo(build_backbone("small_cnn", (1, 8, 8)), (1, 8, 8), [0.5], [0.25], proj_hidden=32, proj_dim=8,
-                queue_size=queue_size, momentum=0.9)
+    hp = MoCo.Hparams(proj_hidden=32, proj_dim=8, queue_size=queue_size, momentum=0.9)
+    return MoCo(image_spec((1, 8, 8), [0.5], [0.25]), hp, "small_cnn")
+
+
+def views_of(m, x):
+    return m.make_batch(x, torch.Generator().manual_seed(0))
 
 
 def test_moco_key_encoder_is_a_separate_momentum_copy():
     torch.manual_seed(0)
     m = make_moco()
+    key_backbone, key_projector = m.key_encoder.net
     q_params = dict(m.backbone.named_parameters())
-    k_params = dict(m.key_backbone.named_parameters())
-    assert m.key_backbone is not m.backbone and m.key_projector is not m.projector
+    k_params = dict(key_backbone.named_parameters())
+    assert key_backbone is not m.backbone and key_projector is not m.projector
     for name, p in q_params.items():
         assert k_params[name].data_ptr() != p.data_ptr()  # distinct storage
         assert not k_params[name].requires_grad
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
     x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
-    v1, v2 = m.make_views(x, torch.Generator().manual_seed(0))
-    k_before = {n: p.detach().clone() for n, p in m.key_backbone.named_parameters()}
-    loss, _ = m(v1, v2)
+    batch = views_of(m, x)
+    k_before = {n: p.detach().clone() for n, p in key_backbone.named_parameters()}
+    loss, _ = m(batch)
     loss.backward()
-    assert all(p.grad is None for p in m.key_backbone.parameters())
-    assert all(p.grad is None for p in m.key_projector.parameters())
+    assert all(p.grad is None for p in key_backbone.parameters())
+    assert all(p.grad is None for p in key_projector.parameters())
     q_before = {n: p.detach().clone() for n, p in m.backbone.named_parameters()}
     opt.step()
-    k_mid = {n: p.detach().clone() for n, p in m.key_backbone.named_parameters()}
+    k_mid = {n: p.detach().clone() for n, p in key_backbone.named_parameters()}
     for n in k_before:  # the optimizer never touches the keys
         torch.testing.assert_close(k_mid[n], k_before[n])
-    m.on_step_end(0.5)
-    for n, p in m.key_backbone.named_parameters():
+    m.on_step_end(0, 10)
+    for n, p in key_backbone.named_parameters():
         expected = 0.9 * k_before[n] + 0.1 * dict(m.backbone.named_parameters())[n].detach()
         torch.testing.assert_close(p.detach(), expected)
     assert any(not torch.equal(q_before[n], p.detach()) for n, p in m.backbone.named_parameters())
@@ -179,9 +185,9 @@ def test_moco_forward_enqueues_current_keys():
     torch.manual_seed(0)
     m = make_moco(queue_size=16)
     x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
-    v1, v2 = m.make_views(x, torch.Generator().manual_seed(0))
-    m(v1, v2)
-    torch.testing.assert_close(m.queue[:4], m.keys(v2), atol=1e-5, rtol=1e-5)
+    batch = views_of(m, x)
+    m(batch)
+    torch.testing.assert_close(m.queue[:4], m.keys(batch["v2"]), atol=1e-5, rtol=1e-5)
     assert m.queue_ptr.item() == 4
 
 
@@ -216,14 +222,16 @@ def test_methods_compile_to_one_graph(method, backbone):
     import torch._dynamo as dynamo
 
     from selfsup.config import Config, resolve
+    from selfsup.data import image_spec
     from selfsup.rundir import build_method
 
-    cfg = resolve(Config(method=method, backbone=backbone, queue_size=64), "cuda")
-    m = build_method(cfg, (1, 28, 28), [0.3], [0.35])
+    cfg = resolve(Config(method=method, backbone=backbone, method_args=dict(queue_size=64) if method == "moco" else {}),
+                  "cuda")
+    m = build_method(cfg, image_spec((1, 28, 28), [0.3], [0.35]))
     x = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
-    views = m.make_views(x, torch.Generator().manual_seed(0))
+    batch = views_of(m, x)
     dynamo.reset()
-    explained = dynamo.explain(m)(*views)
+    explained = dynamo.explain(m)(batch)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
 

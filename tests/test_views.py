@@ -9,8 +9,10 @@ from torch.testing import assert_close
 
 from selfsup.views import ops
 from selfsup.views.preview import save_preview
-from selfsup.views.recipes import (SimCLRViews, byol_views, dataset_stats, default_blur_kernel, eval_views,
-                                   finetune_views, moco_v2_views, simclr_views)
+from selfsup.data import dataset_stats, image_spec
+from selfsup.models import Encoder
+from selfsup.views.recipes import (SimCLRViews, byol_views, default_blur_kernel, finetune_views, moco_v2_views,
+                                   simclr_views)
 
 B = 6
 
@@ -317,19 +319,26 @@ def test_presets():
     v1, v2 = byol_views(28, mean, std)
     assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (1.0, 0.1, 0.0, 0.2)
     x = uint8_batch(4, 1)
-    for r in (s28, v1, v2, finetune_views(28, mean, std)):
+    for r in (s28, v1, v2, finetune_views(28)):
         out = r(x, gen())
         assert out.shape == (4, 1, 28, 28) and torch.isfinite(out).all()
+    ft = finetune_views(28)(x, gen())  # fine-tuning views stay in [0, 1]: the Encoder normalises them
+    assert ft.min() >= 0 and ft.max() <= 1
     assert [default_blur_kernel(s) for s in (28, 64, 96, 224)] == [3, 7, 9, 23]
 
 
-def test_eval_views_normalised():
+def test_encoder_input_is_normalised():
     x = uint8_batch(512, 3, 16)
     mean, std = dataset_stats(x)
-    out = eval_views(mean, std)(x)
+    backbone = torch.nn.Flatten()
+    backbone.feature_dim = 3 * 16 * 16
+    enc = Encoder(backbone, image_spec(x.shape[1:], mean, std))
+    out = enc.prepare(x)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
     assert_close(out.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
+    assert_close(enc.prepare(x.float() / 255), out)  # an augmented float batch in [0, 1] is prepared the same way
+    assert enc(x).shape == (512, 3 * 16 * 16)
 
 
 def test_dataset_stats_matches_direct_and_is_fast():

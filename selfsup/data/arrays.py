@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from selfsup.data.idx import read_idx
-from selfsup.data.types import ImageData
+from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
 _IMAGE_KEYS = ("images", "x", "X")
@@ -85,14 +85,14 @@ def load_label_file(path: str, n: int) -> torch.Tensor:
     return labels_from_array(arr, n, path)
 
 
-def load_npy(path: str, labels: str | None = None) -> ImageData:
+def load_npy(path: str, labels: str | None = None) -> Dataset:
     """Load images from a .npy array, with optional labels from a separate file."""
     arr = _np_load(path)
     if not isinstance(arr, np.ndarray):
         raise SelfSupError(f"expected a single array in {path}, got an .npz archive (rename it to .npz)")
     images = images_from_array(arr, path)
     y = load_label_file(labels, len(images)) if labels else None
-    return ImageData(images, y, name=path)
+    return Dataset(images, y, name=path)
 
 
 def _pick(npz, keys: tuple[str, ...]) -> str | None:
@@ -100,12 +100,12 @@ def _pick(npz, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if k in npz.files), None)
 
 
-def load_npz(path: str, labels: str | None = None) -> ImageData:
+def load_npz(path: str, labels: str | None = None) -> Dataset:
     """Load images (and labels, if stored) from an .npz archive; an explicit label file wins."""
     npz = _np_load(path)
     if isinstance(npz, np.ndarray):
         # np.load sniffs content, so a .npz-named plain array still loads
-        return ImageData(images_from_array(npz, path), load_label_file(labels, len(npz)) if labels else None, name=path)
+        return Dataset(images_from_array(npz, path), load_label_file(labels, len(npz)) if labels else None, name=path)
     with npz:
         key = _pick(npz, _IMAGE_KEYS) or (npz.files[0] if len(npz.files) == 1 else None)
         if key is None:
@@ -124,4 +124,4 @@ def load_npz(path: str, labels: str | None = None) -> ImageData:
         y = labels_from_array(y_arr, len(images), path)
     else:
         y = None
-    return ImageData(images, y, name=path)
+    return Dataset(images, y, name=path)

@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfsup.data.types import ImageData
+from selfsup.data.types import Dataset
 
 CLASSES = [str(i) for i in range(10)]
 TEST_SIZE = 0.3
 SEED = 0
 
 
-def load_digits(split: str = "train") -> ImageData:
+def load_digits(split: str = "train") -> Dataset:
     """Return the "train" (70%) or "test" (30%) part of sklearn's digits as (N,1,8,8) uint8."""
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -24,8 +24,8 @@ def load_digits(split: str = "train") -> ImageData:
         np.arange(len(y)), test_size=TEST_SIZE, stratify=y, random_state=SEED
     )
     idx = train_idx if split == "train" else test_idx
-    return ImageData(
-        images=torch.from_numpy(images[idx]).unsqueeze(1).contiguous(),
+    return Dataset(
+        x=torch.from_numpy(images[idx]).unsqueeze(1).contiguous(),
         labels=torch.from_numpy(y[idx]),
         classes=list(CLASSES),
         name=f"digits:{split}",

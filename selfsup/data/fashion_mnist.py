@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from selfsup.data.arrays import labels_from_array, load_idx_image_file
 from selfsup.data.idx import read_idx, read_idx_header
-from selfsup.data.types import ImageData
+from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
 DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -158,16 +158,16 @@ def load_split(files: dict[str, str], split: str) -> tuple[torch.Tensor, torch.T
     return images, labels
 
 
-def load_fashion_mnist(split: str = "train") -> ImageData:
+def load_fashion_mnist(split: str = "train") -> Dataset:
     """Return the Fashion-MNIST "train" (60000) or "test" (10000) split as (N,1,28,28) uint8."""
     images, labels = load_split(locate(), split)
-    return ImageData(images, labels, classes=list(CLASSES), name=f"fashion-mnist:{split}")
+    return Dataset(images, labels, classes=list(CLASSES), name=f"fashion-mnist:{split}")
 
 
-def load_mnist_dir(directory: str, split: str = "train") -> ImageData:
+def load_mnist_dir(directory: str, split: str = "train") -> Dataset:
     """Load a split from a user directory holding the four MNIST-format files (class names unknown)."""
     files = find_mnist_files(directory)
     if files is None:
         raise SelfSupError(f"missing MNIST-format files in {directory}: need {', '.join(_all_names())} (.gz or not)")
     images, labels = load_split(files, split)
-    return ImageData(images, labels, name=f"{os.path.abspath(directory)}:{split}")
+    return Dataset(images, labels, name=f"{os.path.abspath(directory)}:{split}")

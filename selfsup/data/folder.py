@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from selfsup.data.types import ImageData
+from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -72,7 +72,7 @@ def _fit(arr: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def load_folder(root: str) -> ImageData:
+def load_folder(root: str) -> Dataset:
     """Decode every image under `root`; labels come from immediate subfolders when all images are in one."""
     root = os.path.abspath(root)
     paths = find_images(root)
@@ -96,4 +96,4 @@ def load_folder(root: str) -> ImageData:
     for i, a in enumerate(arrays):
         out[i] = torch.from_numpy(np.ascontiguousarray(_fit(a, channels, size))).permute(2, 0, 1)
         arrays[i] = None  # type: ignore[call-overload]  # free as we go: peak memory ~1x the dataset, not 2x
-    return ImageData(out, labels, paths=paths, classes=classes, name=root)
+    return Dataset(out, labels, paths=paths, classes=classes, name=root)

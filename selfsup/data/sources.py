@@ -1,23 +1,37 @@
-"""`load_images`: resolve a SRC string (built-in name, folder, or file) to decoded images."""
+"""`load_data`: resolve a SRC string (a registered name, a folder or a file) to a decoded Dataset."""
 from __future__ import annotations
 
 import os
 import re
+from typing import Callable
 
 from selfsup.data.arrays import load_idx_image_file, load_label_file, load_npy, load_npz
 from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
 from selfsup.data.folder import load_folder
 from selfsup.data.idx import looks_like_idx_images
-from selfsup.data.types import ImageData
+from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
 SPLITS = ("train", "test")
-FASHION_NAMES = ("fashion-mnist", "fmnist")
-SUPPORTED = (
-    "'fashion-mnist', 'digits', a folder of .png/.jpg/.jpeg images, a directory of MNIST-format IDX files, "
-    "a .npy or .npz array, or an IDX image file (*-idx3-ubyte[.gz])"
-)
+# Named sources: name -> loader(split) returning a Dataset, or None when the source has no such split.
+SOURCES: dict[str, Callable[[str], Dataset | None]] = {}
+
+
+def register_source(*names: str):
+    """Decorator: make `loader(split)` available as `--data NAME` (built-ins below; plugins add their own)."""
+    def deco(loader):
+        for name in names:
+            SOURCES[name.lower()] = loader
+        return loader
+    return deco
+
+
+register_source("fashion-mnist", "fmnist")(load_fashion_mnist)
+register_source("digits")(load_digits)
+
+FILES = ("a folder of .png/.jpg/.jpeg images, a directory of MNIST-format IDX files, a .npy or .npz array, "
+         "or an IDX image file (*-idx3-ubyte[.gz])")
 _IDX_NAME = re.compile(r"idx3-ubyte(\.gz)?$", re.IGNORECASE)
 # train-images-idx3-ubyte -> train-labels-idx1-ubyte (also the images.idx3 spelling some mirrors use)
 _SIBLING = re.compile(r"images([-.])idx3")
@@ -38,26 +52,23 @@ def _idx_sibling(path: str) -> str | None:
     return candidate if os.path.isfile(candidate) else None
 
 
-def load_idx_images(path: str, labels: str | None = None) -> ImageData:
+def load_idx_images(path: str, labels: str | None = None) -> Dataset:
     """Load a single IDX image file, with labels from `labels` or an auto-paired sibling file."""
     images = load_idx_image_file(path)
     label_path = labels or _idx_sibling(path)
     y = load_label_file(label_path, len(images)) if label_path else None
-    return ImageData(images, y, name=path)
+    return Dataset(images, y, name=path)
 
 
-def load_images(src: str, split: str = "train", labels: str | None = None) -> ImageData | None:
+def load_data(src: str, split: str = "train", labels: str | None = None) -> Dataset | None:
     """Decode SRC's `split` to CPU tensors; None for "test" when the source has no separate test split."""
     if split not in SPLITS:
         raise SelfSupError(f"unknown split {split!r}: expected 'train' or 'test'")
     src = os.fspath(src)
     key = src.strip().lower()
-    if key in FASHION_NAMES:
+    if key in SOURCES:
         _no_labels_arg(labels, src)
-        return load_fashion_mnist(split)
-    if key == "digits":
-        _no_labels_arg(labels, src)
-        return load_digits(split)
+        return SOURCES[key](split)
 
     path = os.path.abspath(os.path.expanduser(src))
     if not os.path.exists(path):
@@ -83,4 +94,5 @@ def _file_loader(path: str):
         return load_npz
     if _IDX_NAME.search(lower) or looks_like_idx_images(path):
         return load_idx_images
-    raise SelfSupError(f"unsupported data source: {path} (supported: {SUPPORTED})")
+    names = ", ".join(repr(n) for n in SOURCES)
+    raise SelfSupError(f"unsupported data source: {path} (supported: {names}, {FILES})")

@@ -1,24 +1,34 @@
-"""The in-memory image dataset every source decodes to."""
+"""The in-memory dataset every source decodes to, and the spec of it that models and evaluation read."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+KINDS = ("image", "tokens")
+
 
 @dataclass
-class ImageData:
-    """Decoded images (uint8, N×C×H×W) with optional labels, paths and class names."""
+class Dataset:
+    """Decoded samples of one split, held as one tensor (not a torch.utils.data.Dataset: an epoch is a randperm).
 
-    images: torch.Tensor
-    labels: torch.Tensor | None
+    kind "image": x is uint8 (N, C, H, W). kind "tokens": x is int64 (N, L) token ids, right-padded with
+    `pad_id`, ids below `vocab_size`. Labels (N,), paths and class names are optional.
+    """
+
+    x: torch.Tensor
+    labels: torch.Tensor | None = None
     paths: list[str] | None = None
     classes: list[str] | None = None
     name: str = ""
+    kind: str = "image"
+    vocab_size: int | None = None  # tokens only
+    pad_id: int = 0  # tokens only
 
     def __len__(self) -> int:
-        """Number of images."""
-        return int(self.images.shape[0])
+        """Number of samples."""
+        return int(self.x.shape[0])
 
     @property
     def num_classes(self) -> int:
@@ -29,17 +39,103 @@ class ImageData:
             return 0
         return int(self.labels.max().item()) + 1
 
-    def to(self, device: torch.device | str) -> "ImageData":
-        """Return a copy with images and labels on `device`."""
+    def to(self, device: torch.device | str) -> "Dataset":
+        """Return a copy with the samples and labels on `device`."""
         labels = None if self.labels is None else self.labels.to(device)
-        return ImageData(self.images.to(device), labels, self.paths, self.classes, self.name)
+        return dataclasses.replace(self, x=self.x.to(device), labels=labels)
 
-    def subset(self, index: torch.Tensor) -> "ImageData":
+    def subset(self, index: torch.Tensor) -> "Dataset":
         """Return the rows selected by `index` (integer indices or a boolean mask)."""
         index = torch.as_tensor(index)
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
-        index = index.to(device=self.images.device, dtype=torch.long)
+        index = index.to(device=self.x.device, dtype=torch.long)
         labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
         paths = None if self.paths is None else [self.paths[i] for i in index.tolist()]
-        return ImageData(self.images[index].contiguous(), labels, paths, self.classes, self.name)
+        return dataclasses.replace(self, x=self.x[index].contiguous(), labels=labels, paths=paths)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model, its view recipes and evaluation need to know about the data; saved in every checkpoint.
+
+    image: shape (C, H, W) and the training split's per-channel mean and std in [0, 1] units (for normalising).
+    tokens: shape (L,), the vocabulary size and the padding id.
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    vocab_size: int = 0
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown data kind {self.kind!r}; expected one of {KINDS}")
+        object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def with_channels(self, channels: int, mean=None, std=None) -> "DataSpec":
+        """The same images with another channel count (e.g. the 1-channel L input of colorization)."""
+        return dataclasses.replace(self, shape=(channels, *self.shape[1:]), mean=tuple(mean or self.mean[:channels]),
+                                   std=tuple(std or self.std[:channels]))
+
+    def to_dict(self) -> dict:
+        """Plain types only (checkpoints load with weights_only=True)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSpec":
+        return cls(**d)
+
+    def describe(self) -> str:
+        """A short human description: "images 1x28x28" or "tokens L=128, vocab 8000"."""
+        if self.kind == "image":
+            return "images " + "x".join(map(str, self.shape))
+        return f"tokens L={self.shape[0]}, vocab {self.vocab_size}"
+
+
+def image_spec(shape, mean=(), std=()) -> DataSpec:
+    """A DataSpec for images of shape (C, H, W)."""
+    return DataSpec("image", tuple(shape), tuple(mean), tuple(std))
+
+
+def spec_of(data: Dataset) -> DataSpec:
+    """The spec of a training split: image statistics are computed from these samples only."""
+    if data.kind == "image":
+        if data.x.dim() != 4 or data.x.dtype != torch.uint8:
+            raise ValueError(f"image data must be uint8 (N, C, H, W), got {data.x.dtype} {tuple(data.x.shape)}")
+        mean, std = dataset_stats(data.x)
+        return image_spec(data.x.shape[1:], mean, std)
+    if data.x.dim() != 2 or data.x.dtype != torch.long or not data.vocab_size:
+        raise ValueError("token data must be int64 (N, L) with a vocab_size")
+    return DataSpec("tokens", tuple(data.x.shape[1:]), vocab_size=int(data.vocab_size), pad_id=int(data.pad_id))
+
+
+@torch.no_grad()
+def dataset_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of a uint8 (N,C,H,W) tensor, in [0,1] units.
+
+    Computed in chunks with exact integer sums for uint8 (float64 for float input in [0,1]).
+    The std is floored at 1e-3 so a constant channel cannot divide by zero.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
+    c = images.shape[1]
+    is_int = not torch.is_floating_point(images)
+    acc = torch.int64 if is_int else torch.float64
+    s = torch.zeros(c, dtype=acc, device=images.device)
+    s2 = torch.zeros(c, dtype=acc, device=images.device)
+    for i in range(0, images.shape[0], chunk):
+        x = images[i:i + chunk].to(torch.int32 if is_int else torch.float64)
+        s += x.sum(dim=(0, 2, 3), dtype=acc)
+        s2 += (x * x).sum(dim=(0, 2, 3), dtype=acc)
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    unit = 255.0 if is_int else 1.0
+    mean = s.cpu().double() / (n * unit)
+    var = s2.cpu().double() / (n * unit * unit) - mean.pow(2)
+    std = var.clamp(min=0.0).sqrt()
+    return [float(v) for v in mean], [max(float(v), 1e-3) for v in std]

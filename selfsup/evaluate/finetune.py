@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning of a copy of a backbone plus a fresh linear head."""
+"""End-to-end fine-tuning of a copy of an encoder plus a fresh linear head."""
 from __future__ import annotations
 
 import copy
@@ -10,32 +10,32 @@ from torch import nn
 
 from ..device import autocast
 from ..train.optim import build_optimizer, lr_at
-from .features import extract_features, normalizer
+from .features import extract_features
 
 
-def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tensor, test_x_u8: torch.Tensor,
-             test_y: torch.Tensor, num_classes: int, mean, std, device,
+def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+             test_y: torch.Tensor, num_classes: int, device,
              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
              epochs: int = 10, batch_size: int = 256, lr: float = 0.05, weight_decay: float = 5e-4,
              max_steps: int | None = None, min_steps: int = 0, seed: int = 0) -> float:
-    """Fine-tune ``copy.deepcopy(backbone)`` + a fresh ``nn.Linear(feature_dim, num_classes)``; return test accuracy.
+    """Fine-tune ``copy.deepcopy(encoder)`` + a fresh ``nn.Linear(feature_dim, num_classes)``; return test accuracy.
 
-    SGD (momentum 0.9, Nesterov), linear warmup (5% of steps) then cosine decay, cross-entropy, bf16 autocast on
-    CUDA. ``augment(u8_batch_on_device, generator)`` must return a normalised float batch; without it the batch is
-    only normalised. ``min_steps`` raises the step count for small label subsets (a 1% subset is a few
-    steps an epoch) and ``max_steps`` caps it (CPU budget). Weight decay skips biases and norm
-    parameters. The caller's backbone is never modified. From an untrained backbone this is supervised training
-    from scratch.
+    The encoder takes raw batches (it prepares them itself, see ``Encoder``). SGD (momentum 0.9, Nesterov),
+    linear warmup (5% of steps) then cosine decay, cross-entropy, bf16 autocast on CUDA.
+    ``augment(raw_batch_on_device, generator)`` returns what the encoder takes (for images, floats in [0, 1]);
+    without it the raw batch goes in as is. ``min_steps`` raises the step count for small label subsets (a 1%
+    subset is a few steps an epoch) and ``max_steps`` caps it (CPU budget). Weight decay skips biases and
+    norm parameters. The caller's encoder is never modified. From an untrained encoder this is supervised
+    training from scratch.
     """
     device = torch.device(device)
-    normalize = normalizer(mean, std, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
 
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)  # head init, dropout, ... reproducible without touching the caller's RNG
-        model = copy.deepcopy(backbone).to(device)
+        model = copy.deepcopy(encoder).to(device)
         for p in model.parameters():
             p.requires_grad_(True)
         head = nn.Linear(int(model.feature_dim), num_classes).to(device)
@@ -43,7 +43,7 @@ def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tenso
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer("sgd", nn.ModuleList([model, head]), lr, weight_decay, nesterov=True)
 
-        x_all = train_x_u8.to(device)
+        x_all = train_x.to(device)
         y_all = train_y.to(device).long()
         n = x_all.shape[0]
         bs = min(batch_size, n)
@@ -65,9 +65,7 @@ def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tenso
                     break
                 idx = perm[b * bs:(b + 1) * bs]
                 xb = x_all[idx]
-                x = augment(xb, gen) if augment is not None else normalize(xb)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = augment(xb, gen) if augment is not None else xb
                 with autocast(device):
                     logits = head(model(x))
                 loss = F.cross_entropy(logits.float(), y_all[idx])
@@ -77,7 +75,7 @@ def finetune(backbone: nn.Module, train_x_u8: torch.Tensor, train_y: torch.Tenso
                 sched.step()
                 step += 1
 
-        feats = extract_features(model, test_x_u8, mean, std, device)
+        feats = extract_features(model, test_x, device)
         with torch.no_grad():
             pred = head.eval()(feats).argmax(1)
         return (pred == test_y.to(device)).float().mean().item()

@@ -20,20 +20,27 @@ RANDOM_ROW = "random init"
 PIXELS_ROW = "raw pixels"
 
 
-def evaluate_encoder(backbone: nn.Module, make_random_backbone: Callable[[], nn.Module],
-                     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                     num_classes: int, mean: Sequence[float], std: Sequence[float], device, *,
-                     name: str = "selfsup", fractions: Sequence[float] = (0.01, 0.1, 1.0),
-                     protocols: Sequence[str] = PROTOCOLS, baselines: bool = True, k: int = 200,
-                     temperature: float = 0.1, linear_epochs: int = 100, finetune_epochs: int = 10,
-                     finetune_max_steps: int | None = None, finetune_min_steps: int = 0, augment=None,
-                     seed: int = 0,
-                     progress: bool = True) -> dict:
-    """Evaluate ``backbone`` (and, with ``baselines``, a random-init copy of its architecture and raw pixels).
+def _pixels(x: torch.Tensor, device) -> torch.Tensor:
+    return x.to(device).reshape(x.shape[0], -1).float().div_(255.0)
 
-    For every label fraction f the training subset is ``class_balanced_subset(train_y, f, seed)``; the test
-    split is only ever used for the final accuracy. Frozen features are extracted once per encoder (eval mode)
-    for all train and test images and then indexed. The backbone is moved to ``device``.
+
+# data kind -> (row name, features of the raw input): the no-learning baseline beside every number.
+RAW_BASELINES = {"image": (PIXELS_ROW, _pixels)}
+
+
+def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Module],
+                     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     num_classes: int, device, *, kind: str = "image", name: str = "selfsup",
+                     fractions: Sequence[float] = (0.01, 0.1, 1.0), protocols: Sequence[str] = PROTOCOLS,
+                     baselines: bool = True, k: int = 200, temperature: float = 0.1, linear_epochs: int = 100,
+                     finetune_epochs: int = 10, finetune_max_steps: int | None = None, finetune_min_steps: int = 0,
+                     augment=None, seed: int = 0, progress: bool = True) -> dict:
+    """Evaluate ``encoder`` (and, with ``baselines``, a random-init copy of its architecture and the raw input).
+
+    The encoders take raw samples (``Encoder``). For every label fraction f the training subset is
+    ``class_balanced_subset(train_y, f, seed)``; the test split is only ever used for the final accuracy.
+    Frozen features are extracted once per encoder (eval mode) for all train and test samples and then indexed.
+    The encoder is moved to ``device``.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -45,28 +52,26 @@ def evaluate_encoder(backbone: nn.Module, make_random_backbone: Callable[[], nn.
     test_y = test_y.to(device).long()
     frozen = "knn" in protocols or "linear" in protocols
 
-    # row name -> (backbone or None, (train features, test features) or None)
+    # row name -> (encoder or None, (train features, test features) or None)
     rows: dict[str, tuple[nn.Module | None, tuple[torch.Tensor, torch.Tensor] | None]] = {}
 
     def encoder_row(model: nn.Module):
         model = model.to(device)
         feats = None
         if frozen:
-            feats = (extract_features(model, train_x, mean, std, device),
-                     extract_features(model, test_x, mean, std, device))
+            feats = (extract_features(model, train_x, device), extract_features(model, test_x, device))
         return model, feats
 
-    rows[name] = encoder_row(backbone)
+    rows[name] = encoder_row(encoder)
     if baselines:
-        rows[RANDOM_ROW] = encoder_row(make_random_backbone())
-        pixels = None
-        if frozen:
-            pixels = tuple(x.to(device).reshape(x.shape[0], -1).float().div_(255.0) for x in (train_x, test_x))
-        rows[PIXELS_ROW] = (None, pixels)
+        rows[RANDOM_ROW] = encoder_row(make_random_encoder())
+        if kind in RAW_BASELINES:
+            raw_name, raw = RAW_BASELINES[kind]
+            rows[raw_name] = (None, (raw(train_x, device), raw(test_x, device)) if frozen else None)
 
     subsets = {f: class_balanced_subset(train_y, f, seed) for f in fractions}
     jobs = [(row, f, p) for row in rows for f in fractions for p in protocols
-            if not (row == PIXELS_ROW and p == "finetune")]
+            if not (rows[row][0] is None and p == "finetune")]  # raw input: nothing to fine-tune
     results = {(row, f): {"features": row, "fraction": f, "labels": int(subsets[f].numel()),
                           "knn": None, "linear": None, "finetune": None}
                for f in fractions for row in rows}
@@ -84,9 +89,9 @@ def evaluate_encoder(backbone: nn.Module, make_random_backbone: Callable[[], nn.
                                epochs=linear_epochs, seed=seed)
         else:
             idx_cpu = idx.to(train_x.device)
-            acc = finetune(model, train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes, mean, std, device,
-                           augment=augment, epochs=finetune_epochs, max_steps=finetune_max_steps,
-                           min_steps=finetune_min_steps, seed=seed)
+            acc = finetune(model, train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes, device, augment=augment,
+                           epochs=finetune_epochs, max_steps=finetune_max_steps, min_steps=finetune_min_steps,
+                           seed=seed)
         results[(row, f)][p] = acc
     bar.close()
 

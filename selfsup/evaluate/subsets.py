@@ -8,7 +8,7 @@ import torch
 from ..errors import SelfSupError
 
 if TYPE_CHECKING:
-    from ..data import ImageData
+    from ..data import Dataset
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -38,7 +38,7 @@ def stratified_holdout(labels: torch.Tensor, fraction: float = 0.2, seed: int = 
     return mask.nonzero(as_tuple=True)[0], test
 
 
-def eval_splits(train: "ImageData", test: "ImageData | None", seed: int = 0) -> tuple["ImageData", "ImageData", str]:
+def eval_splits(train: "Dataset", test: "Dataset | None", seed: int = 0) -> tuple["Dataset", "Dataset", str]:
     """(train, test, note): the source's own labelled test split, else a seeded stratified 80/20 holdout of train."""
     if test is not None and test.labels is not None:
         return train, test, "the source's own test split"

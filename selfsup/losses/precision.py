@@ -16,7 +16,7 @@ def fp32(loss_fn):
     def wrapper(*args, **kwargs):
         args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
         kwargs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
-        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        device = next((a.device.type for a in (*args, *kwargs.values()) if torch.is_tensor(a)), "cpu")
         with torch.autocast(device_type=device, enabled=False):
             return loss_fn(*args, **kwargs)
     return wrapper

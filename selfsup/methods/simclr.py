@@ -1,33 +1,47 @@
 """SimCLR: two augmented views, an MLP projector, NT-Xent over the global batch."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from dataclasses import dataclass
 
-from ..losses import nt_xent
+import torch
+import torch.nn.functional as F
+
+from ..losses import embedding_std, nt_xent_logits, top1
 from ..models.heads import mlp_head
 from ..views.recipes import simclr_views
+from .base import Method, OptimDefaults
+from .hparams import setting
+from .registry import register
 
 
-class SimCLR(nn.Module):
+@register
+class SimCLR(Method):
     """backbone + projector + NT-Xent + the SimCLR view recipe."""
 
-    defaults = dict(optimizer="lars", lr=0.3, weight_decay=1e-6, temperature=0.2, proj_hidden=2048, proj_dim=128)
+    name = "simclr"
+    paper = "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (ICML)"
+    optimizers = {"lars": OptimDefaults(lr=0.3, weight_decay=1e-6),
+                  "sgd": OptimDefaults(lr=0.06, weight_decay=5e-4),
+                  "adamw": OptimDefaults(lr=1e-3, weight_decay=1e-6)}
 
-    def __init__(self, backbone: nn.Module, in_shape, mean, std, temperature: float = 0.2,
-                 proj_hidden: int = 2048, proj_dim: int = 128, **_):
-        super().__init__()
-        self.backbone = backbone
-        self.projector = mlp_head(backbone.feature_dim, proj_hidden, proj_dim)
-        self.temperature = temperature
-        self.views = simclr_views(in_shape[-1], mean, std)
+    @dataclass
+    class Hparams:
+        temperature: float = setting(0.2, "softmax temperature of NT-Xent")
+        proj_hidden: int = setting(2048, "projector hidden width")
+        proj_dim: int = setting(128, "projector output width (the space the loss compares in)")
 
-    def make_views(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __init__(self, spec, hp, backbone):
+        super().__init__(spec, hp, backbone)
+        self.projector = mlp_head(self.backbone.feature_dim, hp.proj_hidden, hp.proj_dim)
+        self.view_recipe = simclr_views(spec.shape[-1], spec.mean, spec.std)
+
+    def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch."""
-        return self.views(x, generator), self.views(x, generator)
+        return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator)}
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor):
-        """Loss and logs for one batch of view pairs."""
-        z = self.projector(self.backbone(torch.cat([v1, v2])))
+    def forward(self, batch):
+        z = self.projector(self.backbone(torch.cat([batch["v1"], batch["v2"]])))  # z: 2B x proj_dim
         z1, z2 = z.chunk(2)
-        return nt_xent(z1, z2, self.temperature), {}
+        logits, targets = nt_xent_logits(z1, z2, self.hp.temperature)  # logits: 2B x 2B, fp32
+        loss = F.cross_entropy(logits, targets)
+        return loss, {"pos_acc": top1(logits, targets), "z_std": embedding_std(z)}

@@ -1,5 +1,6 @@
-"""Backbones (batch -> feature vector) and heads (projectors, predictors, decoders)."""
-from .backbones import BACKBONES, build_backbone
+"""Backbones (batch -> feature vector, and feature maps / tokens where they have them), heads, the Encoder."""
+from .backbones import BACKBONES, build_backbone, register_backbone
+from .encoder import Encoder
 from .heads import mlp_head
 
-__all__ = ["BACKBONES", "build_backbone", "mlp_head"]
+__all__ = ["BACKBONES", "Encoder", "build_backbone", "mlp_head", "register_backbone"]

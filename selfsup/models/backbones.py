@@ -1,11 +1,43 @@
-"""Backbones: each maps an image batch (B,C,H,W) to features (B, feature_dim)."""
+"""Backbones, registered by name and built from a DataSpec.
+
+Each maps a batch to pooled features (B, feature_dim) with `forward`, and with `forward_features` to a dict
+that also holds what it has of its intermediate outputs: "map" (B, C, h, w) for conv nets, "tokens" (B, L, D)
+for sequence models. Methods that need more than a pooled vector (inpainting, MAE, MLM) read those.
+"""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torchvision
 from torch import nn
+
+from ..data.types import DataSpec, image_spec
+from ..errors import SelfSupError
+
+# name -> (builder(spec) -> module, data kinds it takes)
+BACKBONES: dict[str, tuple[Callable[[DataSpec], nn.Module], tuple[str, ...]]] = {}
+
+
+def register_backbone(name: str, kinds: tuple[str, ...] = ("image",)):
+    """Decorator: make `builder(spec)` available as `--backbone NAME` for data of the given kinds."""
+    def deco(builder):
+        BACKBONES[name] = (builder, tuple(kinds))
+        return builder
+    return deco
+
+
+def build_backbone(name: str, spec: DataSpec | tuple) -> nn.Module:
+    """Build a backbone by name for the data `spec` (a (C, H, W) tuple means images of that shape)."""
+    if not isinstance(spec, DataSpec):
+        spec = image_spec(spec)
+    if name not in BACKBONES:
+        raise SelfSupError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    builder, kinds = BACKBONES[name]
+    if spec.kind not in kinds:
+        raise SelfSupError(f"backbone {name} takes {' or '.join(kinds)} data, not {spec.kind}")
+    return builder(spec)
 
 
 class ResNet(nn.Module):
@@ -26,6 +58,12 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        fmap = n.layer4(n.layer3(n.layer2(n.layer1(x))))  # map: B x feature_dim x h x w
+        return {"map": fmap, "pooled": torch.flatten(n.avgpool(fmap), 1)}
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -52,6 +90,10 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.features[:4](x)  # map: B x 8w x h/8 x w/8 (stem stride 2)
+        return {"map": fmap, "pooled": self.features[4:](fmap)}
+
 
 class MLPEncoder(nn.Module):
     """The reference autoencoder's encoder: flattened pixels -> 512 -> 256 -> 64."""
@@ -70,20 +112,15 @@ class MLPEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pooled": self.net(x)}
 
-BACKBONES = ("resnet18", "resnet50", "small_cnn", "mlp")
+
+def _small_images(spec: DataSpec) -> bool:
+    return max(spec.shape[1:]) <= 64
 
 
-def build_backbone(name: str, in_shape: tuple[int, int, int]) -> nn.Module:
-    """Build a backbone by name for images of shape (C,H,W)."""
-    c, h, w = in_shape
-    small = max(h, w) <= 64
-    if name == "resnet18":
-        return ResNet(18, c, small)
-    if name == "resnet50":
-        return ResNet(50, c, small)
-    if name == "small_cnn":
-        return SmallCNN(c, stem_stride=2 if min(h, w) >= 24 else 1)
-    if name == "mlp":
-        return MLPEncoder(in_shape)
-    raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+register_backbone("resnet18")(lambda spec: ResNet(18, spec.shape[0], _small_images(spec)))
+register_backbone("resnet50")(lambda spec: ResNet(50, spec.shape[0], _small_images(spec)))
+register_backbone("small_cnn")(lambda spec: SmallCNN(spec.shape[0], stem_stride=2 if min(spec.shape[1:]) >= 24 else 1))
+register_backbone("mlp")(lambda spec: MLPEncoder(spec.shape))

@@ -43,7 +43,7 @@ def knn_title(records: list[dict]) -> str:
 
 
 def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
-    """Write loss.png (and knn.png when kNN was monitored) from the epoch records in metrics.jsonl."""
+    """Write loss.png, knn.png (when kNN was monitored) and logs.png (the method's own logs, one panel each)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,23 +54,35 @@ def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
     if not recs:
         return []
     plots_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
 
-    def line_plot(xs, ys, ylabel: str, title: str, name: str, color: str) -> None:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, ys, marker="o", color=color)
-        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+    def save(fig, name: str) -> None:
         fig.tight_layout()
         fig.savefig(plots_dir / name, dpi=100)
         plt.close(fig)
         written.append(plots_dir / name)
 
-    written: list[Path] = []
-    line_plot([r["epoch"] for r in recs], [r["loss"] for r in recs], "training loss", "Pretraining loss",
-              "loss.png", "tab:blue")
+    def panel(ax, xs, ys, ylabel: str, title: str, color: str) -> None:
+        ax.plot(xs, ys, marker="o", color=color)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    panel(ax, [r["epoch"] for r in recs], [r["loss"] for r in recs], "training loss", "Pretraining loss", "tab:blue")
+    save(fig, "loss.png")
     knn = [r for r in recs if r.get("knn") is not None and not math.isnan(r["knn"])]
     if knn:
-        line_plot([r["epoch"] for r in knn], [100 * r["knn"] for r in knn], "kNN accuracy (%)", knn_title(recs),
-                  "knn.png", "tab:green")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        panel(ax, [r["epoch"] for r in knn], [100 * r["knn"] for r in knn], "kNN accuracy (%)", knn_title(recs),
+              "tab:green")
+        save(fig, "knn.png")
+    names = list(dict.fromkeys(k for r in recs for k in r.get("logs", {})))
+    if names:
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            have = [r for r in recs if name in r.get("logs", {})]
+            panel(ax, [r["epoch"] for r in have], [r["logs"][name] for r in have], name, name, "tab:purple")
+        fig.suptitle("Method logs (epoch means)")
+        save(fig, "logs.png")
     return written

@@ -13,12 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config, resolve
-from ..data import ImageData, load_images
+from ..data import Dataset, load_data, spec_of
 from ..device import autocast, pick_device, use_bf16
 from ..errors import SelfSupError
-from ..rundir import RunPaths, build_method
 from ..evaluate.subsets import eval_splits
-from ..views.recipes import dataset_stats
+from ..rundir import RunPaths, build_method, checkpoint_spec
 from .checkpoint import CheckpointWriter, load_checkpoint
 from .logging import append_jsonl, plot_curves, truncate_epochs
 from .monitor import KNNMonitor
@@ -47,14 +46,15 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = None,
-             monitor: tuple[ImageData, ImageData] | None = None, progress: bool | None = None,
-             on_epoch_end: Callable[[int], None] | None = None) -> Path:
-    """Pretrain cfg.method on cfg.data and return the run directory.
+def _channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """4-D float tensors (image batches) in channels_last, the faster conv layout on GPU and CPU; others as they are."""
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 and v.is_floating_point() else v
+            for k, v in batch.items()}
 
-    With resume=True the run continues from RUN_DIR/checkpoints/last.pt; cfg.epochs (if set) is the new total.
-    `train` and `monitor` (bank, queries) may be given directly instead of loaded from cfg.data.
-    """
+
+def _open_run(cfg: Config, resume: bool, device: torch.device) -> tuple[Config, RunPaths, dict | None]:
+    """Resolve the config, create (or reopen with `resume`) the run directory and write config.yaml."""
+    ckpt = None
     if resume:
         if cfg.out is None:
             raise SelfSupError("--resume needs the run directory (--out RUN_DIR)")
@@ -62,36 +62,41 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
         saved = Config.load(paths.config)
         cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
         ckpt = load_checkpoint(paths.last)
-    else:
-        ckpt = None
-    device = pick_device(cfg.device)
     cfg = resolve(cfg, device.type)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
     if not resume and paths.last.exists():
         raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another --out")
     paths.root.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, out=str(paths.root))
     cfg.save(paths.config)
+    return cfg, paths, ckpt
 
+
+def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
+             monitor: tuple[Dataset, Dataset] | None = None, progress: bool | None = None,
+             on_epoch_end: Callable[[int], None] | None = None) -> Path:
+    """Pretrain cfg.method on cfg.data and return the run directory.
+
+    With resume=True the run continues from RUN_DIR/checkpoints/last.pt; cfg.epochs (if set) is the new total.
+    `train` and `monitor` (bank, queries) may be given directly instead of loaded from cfg.data.
+    """
+    device = pick_device(cfg.device)
+    cfg, paths, ckpt = _open_run(cfg, resume, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if train is None:
-        train = load_images(cfg.data, "train", labels=cfg.labels)
+        train = load_data(cfg.data, "train", labels=cfg.labels)
     n = len(train)
     if n < 2:
-        raise SelfSupError(f"{cfg.data} has {n} image(s); pretraining needs at least 2")
+        raise SelfSupError(f"{cfg.data} has {n} sample(s); pretraining needs at least 2")
     bs = min(cfg.batch_size, n)
     steps_per_epoch = n // bs
-    in_shape = tuple(train.images.shape[1:])
-    if ckpt is not None:
-        if tuple(ckpt["in_shape"]) != in_shape:
-            raise SelfSupError(f"data shape {in_shape} differs from the run's {tuple(ckpt['in_shape'])}")
-        mean, std = list(ckpt["mean"]), list(ckpt["std"])
-    else:
-        mean, std = dataset_stats(train.images)
+    spec = spec_of(train) if ckpt is None else checkpoint_spec(ckpt)
+    if spec.kind != train.kind or tuple(train.x.shape[1:]) != spec.shape:
+        raise SelfSupError(f"data {train.kind} {tuple(train.x.shape[1:])} differs from the run's {spec.describe()}")
 
-    # channels_last pays on GPU and on CPU alike (measured 1.2-1.5x on the CPU's small CNN).
-    method = build_method(cfg, in_shape, mean, std).to(device).to(memory_format=torch.channels_last)
+    # channels_last pays on GPU and on CPU alike (measured 1.2-1.5x on the CPU's small CNN); 4-D weights only.
+    method = build_method(cfg, spec).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
     start_epoch, step = 0, 0
     if ckpt is not None:
@@ -103,16 +108,16 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
     forward = torch.compile(method) if cfg.compile else method
     amp = use_bf16(cfg.precision, device)
 
-    images = train.images.to(device)
+    data = train.x.to(device)  # the whole split on the device: a batch is an index, not a loader
     knn = None
     if cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
         monitor = monitor or _default_monitor(cfg, train, device)
-        knn = KNNMonitor(*monitor, mean=mean, std=std, device=device)
+        knn = KNNMonitor(*monitor, device=device)
 
-    if ckpt is None and hasattr(method, "views"):
+    if ckpt is None and method.view_recipe is not None:
         from ..views.preview import save_preview
 
-        save_preview(train.images[:8], method.views, paths.plots / "views.png", mean=mean, std=std,
+        save_preview(train.x[:8], method.view_recipe, paths.plots / "views.png", mean=spec.mean, std=spec.std,
                      generator=torch.Generator().manual_seed(cfg.seed))
 
     total_steps = cfg.epochs * steps_per_epoch
@@ -128,24 +133,25 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0))).to(device)
             gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, epoch, 1))
             loss_sum = torch.zeros((), device=device)
+            log_sums: dict[str, torch.Tensor] = {}  # the method's logs, summed on the device (no sync per step)
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                        file=sys.stderr, dynamic_ncols=True)
             for i in range(steps_per_epoch):
-                x = images[perm[i * bs:(i + 1) * bs]]
+                x = data[perm[i * bs:(i + 1) * bs]]
                 lr = lr_at(step, total_steps, warmup, cfg.lr)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 with torch.no_grad():
-                    views = method.make_views(x, gen)
-                views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+                    batch = _channels_last(method.make_batch(x, gen))  # views, labels, masks: made on the device
                 with autocast(device, amp):
-                    loss, _ = forward(*views)
+                    loss, logs = forward(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if hasattr(method, "on_step_end"):
-                    method.on_step_end((step + 1) / total_steps)
+                method.on_step_end(step, total_steps)  # EMA teachers move after the optimizer step
                 loss_sum += loss.detach().float()
+                for k, v in logs.items():
+                    log_sums[k] = log_sums.get(k, 0.0) + v.detach().float()
                 step += 1
                 if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
                     mean_loss = loss_sum.item() / (i + 1)  # NaN/inf stick in the sum, so checking it is enough
@@ -157,10 +163,12 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
             seconds = time.perf_counter() - t0
             record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss_sum.item() / steps_per_epoch, lr=lr,
                           seconds=round(seconds, 3), images_per_s=round(steps_per_epoch * bs / seconds, 1))
+            if log_sums:
+                record["logs"] = {k: float(v) / steps_per_epoch for k, v in log_sums.items()}
             if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-                record.update(knn=knn(method.backbone), knn_bank=len(knn.bank), knn_queries=len(knn.queries))
+                record.update(knn=knn(method.encoder()), knn_bank=len(knn.bank), knn_queries=len(knn.queries))
             state = dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, step=step,
-                         config=cfg.to_dict(), in_shape=list(in_shape), mean=mean, std=std, data_name=train.name)
+                         config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name)
             # Written on a background thread while the next epoch trains; the copy to the CPU happens here.
             periodic = cfg.save_every and (epoch + 1) % cfg.save_every == 0
             writer.save(state, paths.last, *([paths.checkpoints / f"epoch_{epoch + 1:04d}.pt"] if periodic else []))
@@ -170,9 +178,10 @@ def pretrain(cfg: Config, *, resume: bool = False, train: ImageData | None = Non
             if time.perf_counter() - last_plot >= PLOT_EVERY_S or epoch + 1 == cfg.epochs:
                 plot_curves(paths.metrics, paths.plots)
                 last_plot = time.perf_counter()
+            extra = "".join(f"  {k} {v:.3g}" for k, v in record.get("logs", {}).items())
             knn_txt = f"  kNN {100 * record['knn']:.1f}%" if "knn" in record else ""
-            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}{knn_txt}  {seconds:.1f}s "
-                 f"({record['images_per_s']:.0f} img/s)")
+            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}{extra}{knn_txt}  {seconds:.1f}s "
+                 f"({record['images_per_s']:.0f} samples/s)")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
     finally:
@@ -187,10 +196,10 @@ def _diverged(paths: RunPaths, epoch: int, step: int, last_good: int, value: flo
                            f"Last good checkpoint: {where}. Try a lower --lr.")
 
 
-def _default_monitor(cfg: Config, train: ImageData, device: torch.device) -> tuple[ImageData, ImageData] | None:
+def _default_monitor(cfg: Config, train: Dataset, device: torch.device) -> tuple[Dataset, Dataset]:
     """kNN monitor data: a bank from the training set and queries from the test split (or a holdout)."""
     cpu = device.type != "cuda"
-    bank, test, _ = eval_splits(train, load_images(cfg.data, "test", labels=cfg.labels), cfg.seed)
+    bank, test, _ = eval_splits(train, load_data(cfg.data, "test", labels=cfg.labels), cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     # On a CPU a subset keeps the monitor to a few seconds; the final `selfsup eval` uses everything.
     if cpu and len(bank) > 10000:

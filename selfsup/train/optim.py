@@ -51,21 +51,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             dict(params=no_decay, weight_decay=0.0, lars_exclude=True)]
 
 
+def _plain(groups: list[dict]) -> list[dict]:
+    """The groups without LARS's own key (SGD and AdamW refuse unknown keys)."""
+    return [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+
+
+# name -> (builder(groups, lr, momentum, nesterov), follows the linear scaling rule lr * batch_size / 256)
+OPTIMIZERS = {
+    "sgd": (lambda groups, lr, momentum, nesterov: torch.optim.SGD(_plain(groups), lr=lr, momentum=momentum,
+                                                                   nesterov=nesterov), True),
+    "lars": (lambda groups, lr, momentum, nesterov: LARS(groups, lr=lr, momentum=momentum), True),
+    "adamw": (lambda groups, lr, momentum, nesterov: torch.optim.AdamW(_plain(groups), lr=lr), False),
+}
+
+
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
                     nesterov: bool = False):
     """An optimizer by name over the model's trainable parameters (`nesterov` applies to SGD)."""
-    groups = param_groups(model, weight_decay)
-    if name == "sgd":
-        for g in groups:
-            g.pop("lars_exclude")
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum)
-    if name == "adamw":
-        for g in groups:
-            g.pop("lars_exclude")
-        return torch.optim.AdamW(groups, lr=lr)
-    raise SelfSupError(f"unknown optimizer {name!r}; choose from sgd, lars, adamw")
+    if name not in OPTIMIZERS:
+        raise SelfSupError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name][0](param_groups(model, weight_decay), lr, momentum, nesterov)
+
+
+def scaled_lr(name: str, base_lr: float, batch_size: int) -> float:
+    """A default learning rate for `batch_size`: per 256 samples for sgd and lars (Goyal et al. 2017), as is for adamw."""
+    return base_lr * batch_size / 256 if OPTIMIZERS[name][1] else base_lr
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, final_ratio: float = 0.0) -> float:

@@ -68,60 +68,19 @@ def byol_views(size: int, mean, std) -> tuple[SimCLRViews, SimCLRViews]:
 
 
 @dataclass
-class EvalViews:
-    """No randomness: to float and normalise."""
-
-    mean: Sequence[float]
-    std: Sequence[float]
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return ops.normalize(ops.to_float(x), self.mean, self.std)
-
-
-def eval_views(mean, std) -> EvalViews:
-    """The evaluation transform."""
-    return EvalViews(mean, std)
-
-
-@dataclass
 class FinetuneViews:
-    """Light augmentation for supervised fine-tuning: resized crop (50-100%) and flip."""
+    """Light augmentation for supervised fine-tuning: resized crop (50-100%) and flip; floats in [0, 1].
+
+    Not normalised: the Encoder that takes the batch normalises it, as it does the un-augmented images.
+    """
 
     size: int
-    mean: Sequence[float]
-    std: Sequence[float]
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         v = ops.random_resized_crop(ops.to_float(x), self.size, scale=(0.5, 1.0), generator=generator)
-        return ops.normalize(ops.random_hflip(v, 0.5, generator=generator), self.mean, self.std)
+        return ops.random_hflip(v, 0.5, generator=generator)
 
 
-def finetune_views(size: int, mean, std) -> FinetuneViews:
+def finetune_views(size: int) -> FinetuneViews:
     """The fine-tuning transform."""
-    return FinetuneViews(size, mean, std)
-
-
-@torch.no_grad()
-def dataset_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of a uint8 (N,C,H,W) tensor, in [0,1] units.
-
-    Computed in chunks with exact integer sums for uint8 (float64 for float input in [0,1]).
-    The std is floored at 1e-3 so a constant channel cannot divide by zero.
-    """
-    if images.dim() != 4:
-        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
-    c = images.shape[1]
-    is_int = not torch.is_floating_point(images)
-    acc = torch.int64 if is_int else torch.float64
-    s = torch.zeros(c, dtype=acc, device=images.device)
-    s2 = torch.zeros(c, dtype=acc, device=images.device)
-    for i in range(0, images.shape[0], chunk):
-        x = images[i:i + chunk].to(torch.int32 if is_int else torch.float64)
-        s += x.sum(dim=(0, 2, 3), dtype=acc)
-        s2 += (x * x).sum(dim=(0, 2, 3), dtype=acc)
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    unit = 255.0 if is_int else 1.0
-    mean = s.cpu().double() / (n * unit)
-    var = s2.cpu().double() / (n * unit * unit) - mean.pow(2)
-    std = var.clamp(min=0.0).sqrt()
-    return [float(v) for v in mean], [max(float(v), 1e-3) for v in std]
+    return FinetuneViews(size)

@@ -1,0 +1,108 @@
+"""The method contract: what one training loop, one evaluation, `embed` and the CLI need from a pretext task.
+
+A method is one file holding one registered class::
+
+    @register
+    class MyMethod(Method):
+        name = "mine"                                  # --method mine
+        paper = "Author et al. 2024, Title"           # shown by `selfsup methods`
+        optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.05)}   # first = default
+
+        @dataclass
+        class Hparams:                                 # the only place its defaults live
+            width: int = setting(128, "head width")
+
+        def __init__(self, spec, hp, backbone):        # builds self.backbone from the encoder's spec
+            super().__init__(spec, hp, backbone)
+            self.head = ...
+
+        def make_batch(self, x, generator):            # on the device, under no_grad
+            return {"inputs": ..., "targets": ...}
+
+        def forward(self, batch):                      # -> (loss, logs)
+            ...
+
+The loop calls, per step: ``make_batch`` -> ``forward`` (under autocast) -> backward -> ``optimizer.step()`` ->
+``on_step_end(step, total)``. Evaluation and `embed` use ``encoder()`` only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..data.types import DataSpec
+from ..models.backbones import build_backbone
+from ..models.encoder import Encoder
+from .ema import EMATeacher
+
+
+@dataclass(frozen=True)
+class OptimDefaults:
+    """A method's default learning rate and weight decay for one optimizer.
+
+    For optimizers that follow the linear scaling rule (sgd, lars) `lr` is per 256 samples and scaled by
+    batch_size / 256; for adamw it is used as is.
+    """
+
+    lr: float
+    weight_decay: float
+
+
+@dataclass
+class NoHparams:
+    """A method without settings of its own."""
+
+
+class Method(nn.Module):
+    """Base class of every pretext task. Subclasses declare the class attributes and implement
+    ``make_batch`` and ``forward``; they may override ``encoder``, ``encoder_spec`` and ``on_step_end``."""
+
+    name: ClassVar[str] = ""  # registry key: --method NAME
+    aliases: ClassVar[tuple[str, ...]] = ()
+    paper: ClassVar[str] = ""  # the paper it follows, cited by `selfsup methods`
+    modality: ClassVar[str] = "image"  # the data kind it learns from: "image" or "tokens"
+    backbone_default: ClassVar[str | None] = None  # None: the hardware recipe's (small_cnn on CPU, resnet18 on GPU)
+    optimizers: ClassVar[dict[str, OptimDefaults]] = {}  # optimizer -> defaults; the first is the default optimizer
+    Hparams: ClassVar[type] = NoHparams
+
+    def __init__(self, spec: DataSpec, hp, backbone: str):
+        """Build ``self.backbone`` (named `backbone`) for ``encoder_spec(spec)``; subclasses then add their heads."""
+        super().__init__()
+        self.spec = spec
+        self.hp = hp
+        self.backbone = build_backbone(backbone, self.encoder_spec(spec))
+        # The augmentation recipe, when the method has one: drawn into plots/views.png at the start of a run.
+        self.view_recipe = None
+
+    @classmethod
+    def encoder_spec(cls, spec: DataSpec) -> DataSpec:
+        """The spec of what the encoder takes (the data's own by default; 1 channel for colorization)."""
+        return spec
+
+    def make_batch(self, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Inputs and targets of one step from a raw batch x (uint8 images / token ids) on the device.
+
+        Runs under no_grad. All randomness comes from `generator` (seeded per run and epoch), so a resumed
+        run draws the same views, labels and masks. 4-D float tensors are made channels_last by the loop.
+        """
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, logs): the scalar loss and named scalar diagnostics, averaged per epoch into metrics.jsonl."""
+        raise NotImplementedError
+
+    def teachers(self) -> list[EMATeacher]:
+        """The EMA teachers this method declared (attributes holding an EMATeacher)."""
+        return [m for m in self.modules() if isinstance(m, EMATeacher)]
+
+    def on_step_end(self, step: int, total: int) -> None:
+        """After optimizer step `step` (0-based) of `total`: move every declared EMA teacher on its schedule."""
+        for teacher in self.teachers():
+            teacher.update(step, total)
+
+    def encoder(self) -> Encoder:
+        """What evaluation, `embed` and export use: raw batch -> pooled features (heads dropped)."""
+        return Encoder(self.backbone, self.spec)

@@ -1,0 +1,118 @@
+"""A method's settings: one dataclass per method, the only place its defaults live.
+
+Values arrive from config.yaml, `--set key=value`, generated flags (`--temperature 0.1`) or the Python API;
+all go through `parse_hparams`, which refuses unknown keys (naming the nearest valid one) and wrong types.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import field
+from typing import Any, Literal, Union
+
+import yaml
+
+from ..errors import SelfSupError
+
+
+def setting(default: Any, help: str) -> Any:
+    """A field of a method's Hparams: its default and the help text that `--help` and `selfsup methods` show."""
+    return field(default=default, metadata={"help": help})
+
+
+def nearest(word: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def field_types(hparams_cls: type) -> dict[str, Any]:
+    """Field name -> resolved type annotation."""
+    return typing.get_type_hints(hparams_cls)
+
+
+def type_name(tp: Any) -> str:
+    """A short readable name of a type annotation: float, int, bool, 'constant'|'cosine', float|None, ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return "|".join("None" if a is type(None) else type_name(a) for a in args)
+    if origin is tuple:
+        return "(" + ", ".join(type_name(a) for a in args) + ")"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """`value` converted to type `tp`, or ValueError. Strings (from the command line) are read as YAML first."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ValueError
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is not type(None):
+                try:
+                    return coerce(value, a)
+                except ValueError:
+                    pass
+        if isinstance(value, str) and value.strip().lower() in ("none", "null") and type(None) in args:
+            return None
+        raise ValueError
+    if isinstance(value, str) and tp is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0]) for v in value)
+        if len(args) == len(value):
+            return tuple(coerce(v, a) for v, a in zip(value, args))
+    raise ValueError
+
+
+def parse_hparams(method: str, hparams_cls: type, values: dict | None) -> Any:
+    """An instance of the method's Hparams from `values` (unknown keys and wrong types are one-line errors)."""
+    values = dict(values or {})
+    types_ = field_types(hparams_cls)
+    for key in values:
+        if key not in types_:
+            valid = ", ".join(types_) or "none"
+            raise SelfSupError(f"{method} has no setting {key!r}{nearest(key, types_)}; its settings: {valid}")
+    out = {}
+    for key, value in values.items():
+        try:
+            out[key] = coerce(value, types_[key])
+        except ValueError:
+            raise SelfSupError(f"{method} setting {key} expects {type_name(types_[key])}, got {value!r}") from None
+    return hparams_cls(**out)
+
+
+def hparams_to_dict(hp: Any) -> dict:
+    """Plain values (tuples as lists) for config.yaml."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(hp).items()}
+
+
+def describe_fields(hparams_cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type name, default, help) of every setting."""
+    types_ = field_types(hparams_cls)
+    return [(f.name, type_name(types_[f.name]), f.default, f.metadata.get("help", ""))
+            for f in dataclasses.fields(hparams_cls)]
