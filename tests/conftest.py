@@ -1,7 +1,8 @@
-"""Shared fixtures: small real data (scikit-learn's digits) and CPU-only settings."""
+"""Shared fixtures: small real data (scikit-learn's digits), CPU-only settings, an interrupted run."""
 import pytest
 import torch
 
+from selfsup import pretrain
 from selfsup.data import load_data
 
 
@@ -14,3 +15,22 @@ def digits():
 @pytest.fixture(autouse=True)
 def _cpu_threads():
     torch.set_num_threads(2)
+
+
+class Interrupted(Exception):
+    """Raised after an epoch, as a crash or Ctrl-C would stop a run."""
+
+
+@pytest.fixture
+def pretrain_until():
+    """pretrain_until(cfg, epoch): run cfg and stop it right after `epoch` (its checkpoint is on disk)."""
+
+    def run(cfg, epoch: int) -> None:
+        def stop(done: int) -> None:
+            if done == epoch:
+                raise Interrupted
+
+        with pytest.raises(Interrupted):
+            pretrain(cfg, progress=False, on_epoch_end=stop)
+
+    return run

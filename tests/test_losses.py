@@ -78,3 +78,15 @@ def test_losses_stay_fp32_under_bf16_autocast():
         torch.testing.assert_close(m, e, rtol=1e-6, atol=1e-6)
     # bf16 inputs are only rounded once (to 8 bits of mantissa), not again inside the loss.
     torch.testing.assert_close(from_bf16, nt_xent(a.float(), b.float(), 0.1), rtol=1e-6, atol=1e-6)
+
+
+def test_fp32_finds_the_device_of_keyword_tensors(monkeypatch):
+    # The autocast it turns off must be the device's own: a keyword-only CUDA call once turned off the CPU's.
+    from selfsup.losses import precision
+
+    meta = torch.empty(2, device="meta")
+    assert precision.device_type(0.1, meta) == "meta" and precision.device_type(0.1) == "cpu"
+    calls = []
+    monkeypatch.setattr(precision, "device_type", lambda *values: calls.append(values) or "cpu")
+    nt_xent(z1=torch.randn(4, 8), z2=torch.randn(4, 8), temperature=0.1)
+    assert sum(torch.is_tensor(v) for v in calls[0]) == 2  # the outer, keyword-only call saw both tensors

@@ -208,22 +208,13 @@ def test_loop_applies_the_ema_update_after_the_optimizer_step(tmp_path, monkeypa
     assert not torch.allclose(teacher, init[w])  # an update before the step would have left the copy unchanged
 
 
-def test_ema_schedule_state_survives_resume(tmp_path):
-    def cfg(out, **kw):
+def test_ema_schedule_state_survives_resume(tmp_path, pretrain_until):
+    def cfg(out):
         return Config(method="toy_ema", data="digits", out=str(out), device="cpu", epochs=3, batch_size=256,
-                      knn_every=0, **kw)
+                      knn_every=0)
 
     full = load_checkpoint(RunPaths(pretrain(cfg(tmp_path / "a"), progress=False)).last)
-
-    class Stop(Exception):
-        pass
-
-    def stop(epoch):
-        if epoch == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        pretrain(cfg(tmp_path / "b"), progress=False, on_epoch_end=stop)
+    pretrain_until(cfg(tmp_path / "b"), 1)
     half = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert half["model"]["teacher.updates"].item() == 4  # 1257 // 256 steps in the first epoch
     resumed = load_checkpoint(RunPaths(pretrain(Config(out=str(tmp_path / "b"), epochs=3), resume=True,

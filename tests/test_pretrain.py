@@ -75,19 +75,9 @@ def test_conv_autoencoder_learns(tmp_path, digits):
     assert losses[-1] < 0.6 * baseline and losses[-1] < losses[0]
 
 
-def test_resume_gives_identical_weights(tmp_path):
+def test_resume_gives_identical_weights(tmp_path, pretrain_until):
     full = pretrain(cfg(tmp_path / "a", method="moco", epochs=3, method_args=dict(queue_size=256)), progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_one(epoch):
-        if epoch == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        pretrain(cfg(tmp_path / "b", method="moco", epochs=3, method_args=dict(queue_size=256)), progress=False,
-                 on_epoch_end=stop_after_one)
+    pretrain_until(cfg(tmp_path / "b", method="moco", epochs=3, method_args=dict(queue_size=256)), 1)
     assert load_checkpoint(RunPaths(tmp_path / "b" / "run").last)["epoch"] == 1
     resumed = pretrain(Config(out=str(tmp_path / "b" / "run"), epochs=3), resume=True, progress=False)
     a = load_checkpoint(RunPaths(full).last)
@@ -153,6 +143,7 @@ def test_evaluation_drops_projector_and_embed_keeps_order(tmp_path, digits):
     assert z["features"].shape == (len(test), run.encoder.feature_dim) != (len(test), 32)
     np.testing.assert_array_equal(z["labels"], test.labels.numpy())
     ref = extract_features(run.encoder, test.x, torch.device("cpu"))
+    assert not run.encoder.training and not run.encoder.backbone.training  # a loaded run stays in eval mode
     np.testing.assert_allclose(z["features"], ref.numpy(), rtol=1e-5, atol=1e-5)
     result = evaluate(run_dir, fractions=(0.1, 1.0), protocols=("knn", "linear"), linear_epochs=20, progress=False)
     rows = {(r["features"], r["fraction"]) for r in result["results"]}

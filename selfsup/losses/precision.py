@@ -6,6 +6,11 @@ import functools
 import torch
 
 
+def device_type(*values) -> str:
+    """The device type of the first tensor among `values` (positional and keyword arguments alike), else "cpu"."""
+    return next((v.device.type for v in values if torch.is_tensor(v)), "cpu")
+
+
 def fp32(loss_fn):
     """Run `loss_fn` with autocast off and its tensor arguments in float32.
 
@@ -16,7 +21,6 @@ def fp32(loss_fn):
     def wrapper(*args, **kwargs):
         args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
         kwargs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
-        device = next((a.device.type for a in (*args, *kwargs.values()) if torch.is_tensor(a)), "cpu")
-        with torch.autocast(device_type=device, enabled=False):
+        with torch.autocast(device_type=device_type(*args, *kwargs.values()), enabled=False):
             return loss_fn(*args, **kwargs)
     return wrapper

@@ -26,6 +26,7 @@ class Encoder(nn.Module):
         self.spec = spec
         self.feature_dim = int(backbone.feature_dim)
         self._prepare = prepare
+        self.train(backbone.training)  # a wrapper made around an eval-mode backbone is in eval mode too
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's input for a raw batch."""
