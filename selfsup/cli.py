@@ -6,6 +6,7 @@ backbone choices all come from the registries, so adding a method edits nothing 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from .config import Config
@@ -19,9 +20,7 @@ MAIN_JOB = """With no command, selfsup runs the main job: pretrain the default m
 with a recipe fitted to the hardware (a small CNN for ~10 minutes on a CPU, ResNet-18 on a GPU), evaluate it
 next to the baselines and print the table. `selfsup methods` lists every method with its paper and defaults."""
 # Flags of `pretrain` that map one-to-one onto Config fields (None when not given: the Config decides).
-CONFIG_FLAGS = ("method", "data", "labels", "out", "epochs", "backbone", "batch_size", "optimizer", "lr",
-                "weight_decay", "warmup_epochs", "seed", "device", "precision", "compile", "knn_every", "save_every",
-                "threads")
+CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "method_args")
 HP_PREFIX = "hp__"
 
 

@@ -23,10 +23,15 @@ _METHODS: dict[str, type[Method]] = {}
 _ALIASES: dict[str, str] = {}
 _discovered = False
 
-# Names a method setting may not take: they are run-level flags of `selfsup pretrain` already.
-RESERVED = {"method", "data", "labels", "out", "epochs", "backbone", "batch_size", "optimizer", "lr",
-            "weight_decay", "warmup_epochs", "seed", "device", "precision", "compile", "knn_every", "save_every",
-            "threads", "method_args", "resume", "no_progress", "plugin", "set"}
+# Flags of `selfsup pretrain` that are not Config fields; with the Config's fields, names no setting may take.
+CLI_ONLY_FLAGS = {"resume", "no_progress", "plugin", "set"}
+
+
+def reserved_names() -> set[str]:
+    """Names a method setting may not take: they are run-level flags of `selfsup pretrain` already."""
+    from ..config import Config  # the config module imports this package: look it up when a method registers
+
+    return {f.name for f in dataclasses.fields(Config)} | CLI_ONLY_FLAGS
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -42,10 +47,11 @@ def register(cls: type[Method]) -> type[Method]:
         raise TypeError(f"{where}: `optimizers` must map some of {', '.join(OPTIMIZERS)} to OptimDefaults")
     if not dataclasses.is_dataclass(cls.Hparams):
         raise TypeError(f"{where}: Hparams must be a dataclass")
+    reserved = reserved_names()
     for f in dataclasses.fields(cls.Hparams):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise TypeError(f"{where}: setting {f.name!r} has no default")
-        if f.name in RESERVED:
+        if f.name in reserved:
             raise TypeError(f"{where}: setting {f.name!r} clashes with the run-level flag of that name")
     taken = _METHODS.get(cls.name)
     if taken is not None and f"{taken.__module__}.{taken.__qualname__}" != where:
