@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ from .data import Dataset, DataSpec, load_data
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
-from .evaluate.subsets import eval_splits
-from .rundir import load_run
+from .evaluate.subsets import complement, eval_splits
+from .rundir import RunPaths, load_holdout, load_run
 from .train.loop import pretrain
 from .views.recipes import finetune_views
 
@@ -30,13 +31,31 @@ def eval_defaults(device: torch.device) -> dict:
     return dict(linear_epochs=30, finetune_epochs=3, finetune_min_steps=150, finetune_max_steps=150)
 
 
-def load_eval_splits(src: str, labels: str | None = None, seed: int = 0) -> tuple[Dataset, Dataset, str]:
-    """Labelled (train, test) splits of a source, and a note on where the test split came from."""
+def load_eval_splits(src: str, labels: str | None = None, seed: int = 0,
+                     run: RunPaths | None = None) -> tuple[Dataset, Dataset, str]:
+    """Labelled (train, test) splits of a source, and a note on where the test split came from.
+
+    With `run` (the source is the one the run pretrained on): the source's own test split, else exactly the
+    holdout set aside before pretraining; never images the encoder was pretrained on. Otherwise: the source's
+    own test split, else a seeded stratified 80/20 holdout.
+    """
     train = load_data(src, "train", labels=labels)
     if train.labels is None:
         raise SelfSupError(f"{src} has no labels; evaluation needs labelled data (class subfolders, "
                            "an npz 'labels' array, or --labels FILE)")
-    return eval_splits(train, load_data(src, "test", labels=labels), seed)
+    test = load_data(src, "test", labels=labels)
+    if run is None or (test is not None and test.labels is not None):
+        return eval_splits(train, test, seed)
+    index = load_holdout(run, len(train))
+    if index is None:
+        raise SelfSupError(f"{run.root} was pretrained on every sample of {src} (no holdout), so none of them can "
+                           "test it: evaluate on other labelled data (--data), or pretrain with --holdout 0.2")
+    note = f"the run's holdout: {len(index)} samples set aside before pretraining"
+    return train.subset(complement(len(train), index)), train.subset(index), note
+
+
+def _same_source(a: str, b: str) -> bool:
+    return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
 def _check_compatible(data: Dataset, spec: DataSpec, what: str) -> None:
@@ -60,7 +79,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     run = load_run(run_dir)
     dev = pick_device(device)
     src = data or run.config.data
-    train, test, split_note = load_eval_splits(src, labels or (run.config.labels if data is None else None), seed)
+    own = _same_source(src, run.config.data)
+    train, test, split_note = load_eval_splits(src, labels or (run.config.labels if own else None), seed,
+                                               RunPaths(Path(run_dir)) if own else None)
     _check_compatible(train, run.spec, src)
     budget = eval_defaults(dev)
     linear_epochs = linear_epochs or budget["linear_epochs"]

@@ -64,12 +64,18 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g.add_argument("--data", help="'fashion-mnist' (default), 'digits', a folder of PNG/JPEG, a .npy/.npz array or an "
                                   "IDX file")
     g.add_argument("--labels", help="label file (.npy or IDX) for .npy/IDX images; used only by the kNN monitor")
+    g.add_argument("--holdout", type=float, help="for a source without a test split: the fraction set aside, before "
+                                                 "pretraining, to test on (default 0.2; 0: pretrain on everything)")
     g.add_argument("--out", help="run directory (default runs/<method>-<data>-<time>)")
     g.add_argument("--backbone", choices=list(BACKBONES),
                    help="default: the method's, else resnet18 on GPU and small_cnn on CPU")
     g = p.add_argument_group("schedule (defaults come from the method and the hardware)")
-    g.add_argument("--epochs", type=int, help="total epochs (with --resume: the new total); default 200 GPU / 6 CPU")
-    g.add_argument("--batch-size", type=int, help="samples per step (default 512 GPU / 256 CPU)")
+    g.add_argument("--steps", type=int, help="training budget in optimizer steps; epochs follow from the data size "
+                                             "(default 1400 on CPU, 23400 on GPU)")
+    g.add_argument("--epochs", type=int, help="total epochs instead of a step budget (with --resume: the new total; "
+                                              "0 saves the untrained model)")
+    g.add_argument("--batch-size", type=int, help="samples per step (default 256 CPU / 512 GPU, halved on small data "
+                                                  "until an epoch has at least 8 steps)")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help=f"default: the method's first; each method's, default first: {_optimizer_help()}")
     g.add_argument("--lr", type=float, help="peak learning rate (default: the method's for the chosen optimizer, "
@@ -88,7 +94,7 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model (GPU; slower start, faster steps)")
     g.add_argument("--knn-every", type=int,
-                   help="online kNN monitor every N epochs when labels exist (0: off; default 1 on CPU, 5 on GPU)")
+                   help="online kNN monitor every N epochs when labels exist (0: off; default: about 40 times a run)")
     g.add_argument("--save-every", type=int, help="also keep checkpoints/epoch_N.pt every N epochs (default 0: only last)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -115,10 +121,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="import a module or .py file that registers methods, sources or backbones (repeatable)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is the same one-line error (exit 2) as any other bad input."""
+
+    def error(self, message: str):
+        raise SelfSupError(message)
+
+
 def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     """The parser; `pretrain` carries the flags of `method`'s settings."""
-    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised pretraining and honest evaluation.",
-                                epilog=MAIN_JOB)
+    p = Parser(prog="selfsup", description="Self-supervised pretraining and honest evaluation.", epilog=MAIN_JOB)
     _add_common(p)
     sub = p.add_subparsers(dest="command", metavar="{pretrain,eval,embed,methods}")
     pt = sub.add_parser("pretrain", help="pretrain an encoder with a pretext task",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,10 +13,13 @@ from .methods import get_method
 from .methods.hparams import hparams_to_dict, nearest, parse_hparams
 from .train.optim import OPTIMIZERS, scaled_lr
 
-# Recipes fitted to the hardware. CPU: a small CNN that finishes in about ten minutes on two cores.
-CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, epochs=6, knn_every=1)
-# On a GPU an epoch takes seconds and a kNN pass over the full splits a good part of one: monitor every 5 epochs.
-GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, epochs=200, knn_every=5)
+# Recipes fitted to the hardware, with a training budget in optimizer steps (epochs follow from the data size).
+# CPU: a small CNN, 1,400 steps of 256 (6 epochs of Fashion-MNIST): the main job ends in about ten minutes on 2 cores.
+CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, steps=1400)
+# GPU: ResNet-18, 23,400 steps of 512 (200 epochs of Fashion-MNIST).
+GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, steps=23400)
+MIN_STEPS_PER_EPOCH = 8  # small data sets get a smaller batch rather than an epoch of two or three steps
+KNN_CHECKS = 40  # the kNN monitor runs about this many times a run (every epoch on the CPU main job, every 5 of 200)
 # Method settings that were run-level fields before the method contract (config.yaml of older runs).
 _LEGACY_METHOD_KEYS = ("temperature", "proj_hidden", "proj_dim", "queue_size", "momentum")
 
@@ -25,6 +29,8 @@ class Config:
     """Everything needed to rebuild a run. None means "fill in from the method and the hardware".
 
     `method_args` holds the method's own settings (its Hparams); resolved, it lists every one of them.
+    The budget is `steps` (optimizer steps) unless `epochs` is given; resolved, both are set. `holdout` is the
+    fraction of a source without a test split that is set aside, before pretraining, for evaluation.
     """
 
     method: str = "simclr"
@@ -32,6 +38,8 @@ class Config:
     labels: str | None = None
     out: str | None = None
     epochs: int | None = None
+    steps: int | None = None
+    holdout: float = 0.2
     backbone: str | None = None
     batch_size: int | None = None
     optimizer: str | None = None
@@ -72,12 +80,15 @@ class Config:
         return cls.from_dict(yaml.safe_load(p.read_text()) or {})
 
 
-def resolve(cfg: Config, device_type: str) -> Config:
-    """Fill every None field from the method's declarations and the hardware recipe; returns a new Config.
+def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
+    """Fill every None field from the method's declarations, the hardware recipe and (given `n`, the number of
+    training samples) the data size; returns a new, validated Config.
 
     The learning rate and weight decay come from the method's defaults for the chosen optimizer, never from
-    another optimizer's: an optimizer the method declares no defaults for needs an explicit --lr.
+    another optimizer's: an optimizer the method declares no defaults for needs an explicit --lr. The default
+    batch leaves at least MIN_STEPS_PER_EPOCH steps an epoch; epochs are the step budget over steps per epoch.
     """
+    validate(cfg)
     cls = get_method(cfg.method)
     hw = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
     hp = parse_hparams(cls.name, cls.Hparams, cfg.method_args)
@@ -90,11 +101,46 @@ def resolve(cfg: Config, device_type: str) -> Config:
         raise SelfSupError(f"{cls.name} has no default learning rate for --optimizer {optimizer} (it has defaults "
                            f"for {', '.join(cls.optimizers)}); pass --lr")
     batch_size = cfg.batch_size or hw["batch_size"]
+    if n is not None and cfg.batch_size is None:
+        while batch_size > 16 and n // batch_size < MIN_STEPS_PER_EPOCH:
+            batch_size //= 2
+    epochs, steps = cfg.epochs, cfg.steps
+    if n is not None:
+        hp = cls.fit_to_data(hp, n, batch_size)
+        per_epoch = max(1, n // min(batch_size, n))
+        if epochs is None:
+            steps = steps or hw["steps"]
+            epochs = math.ceil(steps / per_epoch)
+        steps = epochs * per_epoch
+    knn_every = cfg.knn_every if cfg.knn_every is not None else max(1, round((epochs or 1) / KNN_CHECKS))
     return dataclasses.replace(
-        cfg, method=cls.name, optimizer=optimizer, batch_size=batch_size,
-        epochs=cfg.epochs or hw["epochs"],
-        backbone=cfg.backbone or cls.backbone_default or hw["backbone"],
-        knn_every=hw["knn_every"] if cfg.knn_every is None else cfg.knn_every,
+        cfg, method=cls.name, optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps,
+        backbone=cfg.backbone or cls.backbone_default or hw["backbone"], knn_every=knn_every,
         lr=cfg.lr if cfg.lr is not None else scaled_lr(optimizer, defaults.lr, batch_size),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (defaults.weight_decay if defaults else 0.0),
         method_args=hparams_to_dict(hp))
+
+
+# field -> (test, what it must be): every numeric setting is checked before any work starts
+_CHECKS = {
+    "epochs": (lambda v: v >= 0, "an integer >= 0 (0 saves the untrained model)"),
+    "steps": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 2, "an integer >= 2"),
+    "lr": (lambda v: v > 0 and math.isfinite(v), "a number > 0"),
+    "weight_decay": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
+    "warmup_epochs": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
+    "holdout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "knn_every": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
+    "save_every": (lambda v: v >= 0, "an integer >= 0 (0: only last)"),
+    "threads": (lambda v: v >= 1, "an integer >= 1"),
+    "precision": (lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """A one-line error for the first setting out of its range (None means "not set" and passes)."""
+    for key, (ok, what) in _CHECKS.items():
+        value = getattr(cfg, key)
+        if value is not None and not ok(value):
+            raise SelfSupError(f"--{key.replace('_', '-')} must be {what}, got {value}")

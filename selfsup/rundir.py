@@ -1,8 +1,17 @@
 """A run directory: its layout, and rebuilding the method a run trained."""
 from __future__ import annotations
 
+import json
+import os
+import socket
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 
@@ -39,6 +48,27 @@ class RunPaths:
     @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def holdout(self) -> Path:
+        return self.root / "holdout.json"
+
+
+def save_holdout(paths: RunPaths, cfg: Config, n: int, index: torch.Tensor) -> None:
+    """RUN_DIR/holdout.json: the indices (into the source's samples) set aside before pretraining."""
+    paths.holdout.write_text(json.dumps(dict(data=cfg.data, n=n, fraction=cfg.holdout, seed=cfg.seed,
+                                             indices=index.tolist())))
+
+
+def load_holdout(paths: RunPaths, n: int) -> torch.Tensor | None:
+    """The run's holdout indices into its source of n samples (None when it has none); checks the source size."""
+    if not paths.holdout.is_file():
+        return None
+    saved = json.loads(paths.holdout.read_text())
+    if saved["n"] != n:
+        raise SelfSupError(f"{saved['data']} now holds {n} samples, {saved['n']} when {paths.root} was pretrained: "
+                           "its holdout no longer applies")
+    return torch.tensor(saved["indices"], dtype=torch.long)
 
 
 def build_method(cfg: Config, spec: DataSpec, seed: int | None = None) -> Method:
@@ -90,3 +120,37 @@ def load_run(run_dir: str | Path) -> TrainedRun:
                            f"(written by another version of selfsup?)")
     method.eval()
     return TrainedRun(cfg, method, method.encoder(), spec, int(ckpt["epoch"]), str(ckpt.get("data_name", cfg.data)))
+
+
+class RunLock:
+    """One process per run directory: an exclusive lock on RUN_DIR/.lock that the OS drops when the process ends.
+
+    A second `pretrain` (or `--resume`) on a run directory in use gets a one-line error naming the holder; a lock
+    file left by a killed process holds no lock, so the next resume takes it.
+    """
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        if fcntl is None:  # no flock on this platform: run unguarded
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise SelfSupError(f"{self.path.parent} is in use by {holder}; wait for it to end or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"selfsup pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}"
+                 .encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -7,7 +7,6 @@ import torch
 
 from selfsup import Config, SelfSupError, embed, evaluate, pretrain
 from selfsup.evaluate import class_balanced_subset, extract_features, knn_accuracy
-from selfsup.data import image_spec
 from selfsup.models import Encoder, build_backbone
 from selfsup.rundir import RunPaths, build_method, checkpoint_spec, load_run
 from selfsup.train.checkpoint import load_checkpoint
@@ -172,5 +171,5 @@ def test_bf16_precision_path_trains_on_cpu(tmp_path, monkeypatch, digits):
     pretrain(cfg(tmp_path / "m", method="moco", epochs=1, method_args=dict(queue_size=256), precision="bf16",
                  knn_every=0),
              progress=False)
-    enqueued = len(digits[0]) // 128 * 128  # one batch of keys per step, into a ring of 256
+    enqueued = 2 * (len(digits[0]) // 128 * 128)  # both keys of every image, into a ring of 256
     assert built[-1].queue.dtype == torch.float32 and built[-1].queue_ptr.item() == enqueued % 256

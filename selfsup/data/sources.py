@@ -77,8 +77,7 @@ def load_data(src: str, split: str = "train", labels: str | None = None) -> Data
         _no_labels_arg(labels, path)
         if find_mnist_files(path) is not None:
             return load_mnist_dir(path, split)
-        data = load_folder(path)
-        return data if split == "train" else None
+        return load_folder(path) if split == "train" else None  # a folder is one split: nothing to decode for "test"
 
     loader = _file_loader(path)
     # single files hold one split: the caller makes its own holdout

@@ -37,3 +37,10 @@ def knn_accuracy(train_f, train_y, test_f, test_y, num_classes: int, k: int = 20
     """Accuracy in [0, 1] of :func:`knn_predict` on ``(test_f, test_y)``."""
     pred = knn_predict(train_f, train_y, test_f, num_classes, k=k, temperature=temperature)
     return (pred == test_y.to(pred.device)).float().mean().item()
+
+
+def capped_k(labels: torch.Tensor, k: int = 200) -> int:
+    """k capped at the smallest class's count among `labels` (the bank): with k=200 over classes of 50, most
+    votes would come from other classes. The literature's k=200 stands wherever classes are larger."""
+    counts = torch.bincount(labels.detach().cpu().long())
+    return max(1, min(int(k), int(counts[counts > 0].min())))

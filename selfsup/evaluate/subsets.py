@@ -33,9 +33,7 @@ def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) 
 def stratified_holdout(labels: torch.Tensor, fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, test) indices: a seeded class-balanced `fraction` held out as test, the rest for training."""
     test = class_balanced_subset(labels, fraction, seed).cpu()
-    mask = torch.ones(labels.shape[0], dtype=torch.bool)
-    mask[test] = False
-    return mask.nonzero(as_tuple=True)[0], test
+    return complement(labels.shape[0], test), test
 
 
 def eval_splits(train: "Dataset", test: "Dataset | None", seed: int = 0) -> tuple["Dataset", "Dataset", str]:
@@ -44,3 +42,18 @@ def eval_splits(train: "Dataset", test: "Dataset | None", seed: int = 0) -> tupl
         return train, test, "the source's own test split"
     train_idx, test_idx = stratified_holdout(train.labels, 0.2, seed)
     return train.subset(train_idx), train.subset(test_idx), "seeded stratified 80/20 holdout of the labelled data"
+
+
+def holdout_indices(labels: torch.Tensor | None, n: int, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a seeded holdout of `fraction` of n samples: class-balanced where labels exist."""
+    if labels is not None:
+        return stratified_holdout(labels, fraction, seed)[1]
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:max(1, round(fraction * n))].sort().values
+
+
+def complement(n: int, index: torch.Tensor) -> torch.Tensor:
+    """The sorted indices in range(n) that are not in `index`."""
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[index] = False
+    return keep.nonzero(as_tuple=True)[0]

@@ -78,6 +78,11 @@ class Method(nn.Module):
         self.view_recipe = None
 
     @classmethod
+    def fit_to_data(cls, hp, n: int, batch_size: int):
+        """Settings fitted to the number of training samples (MoCo: the queue); resolved into config.yaml."""
+        return hp
+
+    @classmethod
     def encoder_spec(cls, spec: DataSpec) -> DataSpec:
         """The spec of what the encoder takes (the data's own by default; 1 channel for colorization)."""
         return spec
@@ -102,6 +107,10 @@ class Method(nn.Module):
         """After optimizer step `step` (0-based) of `total`: move every declared EMA teacher on its schedule."""
         for teacher in self.teachers():
             teacher.update(step, total)
+
+    def describe(self) -> str:
+        """A note for the recipe printed at the start of a run: settings derived from the data, if any."""
+        return ""
 
     def encoder(self) -> Encoder:
         """What evaluation, `embed` and export use: raw batch -> pooled features (heads dropped)."""

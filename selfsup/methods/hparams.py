@@ -103,7 +103,10 @@ def parse_hparams(method: str, hparams_cls: type, values: dict | None) -> Any:
             out[key] = coerce(value, types_[key])
         except ValueError:
             raise SelfSupError(f"{method} setting {key} expects {type_name(types_[key])}, got {value!r}") from None
-    return hparams_cls(**out)
+    try:
+        return hparams_cls(**out)  # an Hparams may check its values in __post_init__ (raising ValueError)
+    except ValueError as e:
+        raise SelfSupError(f"{method}: {e}") from None
 
 
 def hparams_to_dict(hp: Any) -> dict:

@@ -1,6 +1,7 @@
 """MoCo v2: a query encoder, a separate momentum key encoder, and a queue of negative keys."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import gather_no_grad
+from ..errors import SelfSupError
 from ..losses import embedding_std, info_nce_logits, top1
 from ..models.heads import mlp_head
 from ..views.recipes import moco_v2_views
@@ -34,11 +36,32 @@ class MoCo(Method):
         temperature: float = setting(0.1, "softmax temperature of InfoNCE")
         proj_hidden: int = setting(2048, "projector hidden width")
         proj_dim: int = setting(128, "projector output width (the size of a queued key)")
-        queue_size: int = setting(4096, "number of queued negative keys")
+        queue_size: int | None = setting(None, "number of queued negative keys; None: 4096, or half the training "
+                                                "samples when that is fewer (never more than all of them)")
         momentum: float = setting(0.99, "key-encoder EMA momentum")
         momentum_schedule: Literal["constant", "cosine"] = setting(
             "constant", "'constant' (MoCo v2) or 'cosine' (from momentum up to 1, as BYOL)")
-        symmetric: bool = setting(True, "symmetric loss: each view is the query for the other's key")
+        symmetric: bool = setting(True, "symmetric loss: each view is the query for the other's key; both keys are "
+                                        "enqueued")
+        key_bn_splits: int = setting(8, "the key encoder's BatchNorm runs on this many shuffled sub-batches (of 16 "
+                                        "or more), so a key never shares its query's batch statistics (1: off)")
+
+        def __post_init__(self):
+            if self.queue_size is not None and self.queue_size < 1:
+                raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+            if self.key_bn_splits < 1 or not 0 <= self.momentum <= 1 or self.temperature <= 0:
+                raise ValueError("key_bn_splits must be >= 1, momentum in [0, 1] and temperature > 0")
+
+    @classmethod
+    def fit_to_data(cls, hp, n, batch_size):
+        """The default queue holds 4096 keys, or half as many as there are training samples: a queue as large as
+        the data would hold each image's own keys from the last epoch, to be used as its negatives."""
+        if hp.queue_size is None:
+            return dataclasses.replace(hp, queue_size=max(1, min(4096, n // 2)))
+        if hp.queue_size > n:
+            raise SelfSupError(f"moco queue_size {hp.queue_size} exceeds the {n} training samples: images would meet "
+                               f"their own earlier keys as negatives (use at most {n}; the default is {max(1, n // 2)})")
+        return hp
 
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
@@ -47,36 +70,50 @@ class MoCo(Method):
         # a stop-gradient-free Siamese net (the bug in the reference snippet).
         self.key_encoder = EMATeacher(self.backbone, self.projector, momentum=hp.momentum,
                                       schedule=hp.momentum_schedule)
-        self.register_buffer("queue", F.normalize(torch.randn(hp.queue_size, hp.proj_dim), dim=1))
+        self.register_buffer("queue", F.normalize(torch.randn(hp.queue_size or 4096, hp.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.view_recipe = moco_v2_views(spec.shape[-1], spec.mean, spec.std)
 
     def make_batch(self, x, generator):
-        """Two independently augmented views of a uint8 batch."""
-        return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator)}
+        """Two independently augmented views of a uint8 batch, and the shuffle of the keys' BatchNorm batches."""
+        return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator),
+                "key_perm": torch.randperm(x.shape[0], generator=generator, device=x.device)}
+
+    def describe(self):
+        return f"queue of {self.queue.shape[0]} keys"
 
     @torch.no_grad()
-    def keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised keys from the momentum encoder: B x proj_dim."""
-        return F.normalize(self.key_encoder(x).float(), dim=1)
+    def keys(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        """Normalised keys from the momentum encoder, B x proj_dim, in the order of x.
+
+        Shuffle BN on one device (He et al. 2020, sec. 3.3): the batch is permuted and split into sub-batches,
+        each through the encoder on its own, so BatchNorm normalises every key with the statistics of a random
+        group, never those of the whole query batch; the statistics cannot tell the model which key is whose.
+        """
+        splits = max(1, min(self.hp.key_bn_splits, x.shape[0] // 16))
+        shuffled = torch.cat([self.key_encoder(chunk) for chunk in x[perm].chunk(splits)])
+        k = torch.empty_like(shuffled)
+        k[perm] = shuffled  # unshuffle
+        return F.normalize(k.float(), dim=1)
 
     def forward(self, batch):
         """Loss and logs for one batch of view pairs; enqueues this batch's keys afterwards."""
-        v1, v2, t = batch["v1"], batch["v2"], self.hp.temperature
+        v1, v2, perm, t = batch["v1"], batch["v2"], batch["key_perm"], self.hp.temperature
         queue = self.queue.clone()  # queue: K x proj_dim, the negatives before this batch's keys go in
         if self.hp.symmetric:
             q = self.projector(self.backbone(torch.cat([v1, v2])))  # q: 2B x proj_dim
             q1, q2 = q.chunk(2)
-            k1, k2 = self.keys(v1), self.keys(v2)  # k: B x proj_dim
+            k1, k2 = self.keys(v1, perm), self.keys(v2, perm)  # k: B x proj_dim
             logits_a, targets = info_nce_logits(q1, k2, queue, t)  # logits: B x (1+K)
             logits_b, _ = info_nce_logits(q2, k1, queue, t)
             loss = 0.5 * (F.cross_entropy(logits_a, targets) + F.cross_entropy(logits_b, targets))
+            new_keys = torch.cat([k1, k2])  # both keys, after both terms used the old queue
         else:
             q = self.projector(self.backbone(v1))
-            k2 = self.keys(v2)
-            logits_a, targets = info_nce_logits(q, k2, queue, t)
+            new_keys = self.keys(v2, perm)
+            logits_a, targets = info_nce_logits(q, new_keys, queue, t)
             loss = F.cross_entropy(logits_a, targets)
-        self.enqueue(gather_no_grad(k2))
+        self.enqueue(gather_no_grad(new_keys))
         return loss, {"pos_acc": top1(logits_a, targets), "q_std": embedding_std(q)}
 
     @torch.no_grad()

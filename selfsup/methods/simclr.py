@@ -30,6 +30,10 @@ class SimCLR(Method):
         proj_hidden: int = setting(2048, "projector hidden width")
         proj_dim: int = setting(128, "projector output width (the space the loss compares in)")
 
+        def __post_init__(self):
+            if self.temperature <= 0 or self.proj_hidden < 1 or self.proj_dim < 1:
+                raise ValueError("temperature must be > 0 and the projector widths >= 1")
+
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
         self.projector = mlp_head(self.backbone.feature_dim, hp.proj_hidden, hp.proj_dim)

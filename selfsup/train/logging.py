@@ -39,7 +39,8 @@ def knn_title(records: list[dict]) -> str:
     Not simply the latest epoch's: with --knn-every N most epochs have no kNN record.
     """
     last = next((r for r in reversed(records) if r.get("knn") is not None), {})
-    return f"Online kNN (k=200, T=0.1)\nbank {last.get('knn_bank', '?')}, queries {last.get('knn_queries', '?')}"
+    return (f"Online kNN (k={last.get('knn_k', 200)}, T=0.1)\n"
+            f"bank {last.get('knn_bank', '?')}, queries {last.get('knn_queries', '?')}")
 
 
 def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:

@@ -1,24 +1,23 @@
 """One training loop for every method: device, precision, compile, schedule, checkpoints, resume, logging."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, resolve
-from ..data import Dataset, load_data, spec_of
+from ..config import Config
+from ..data import Dataset, spec_of
 from ..device import autocast, pick_device, use_bf16
 from ..errors import SelfSupError
-from ..evaluate.subsets import eval_splits
+from ..evaluate.subsets import stratified_holdout
 from ..rundir import RunPaths, build_method, checkpoint_spec
-from .checkpoint import CheckpointWriter, load_checkpoint
+from .setup import OpenRun, open_run, say_recipe
+from .checkpoint import CheckpointWriter
 from .logging import append_jsonl, plot_curves, truncate_epochs
 from .monitor import KNNMonitor
 from .optim import build_optimizer, lr_at
@@ -36,12 +35,6 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**63 - 1)
 
 
-def default_run_dir(cfg: Config) -> Path:
-    """runs/<method>-<data>-<timestamp>."""
-    data = Path(cfg.data).name or cfg.data
-    return Path("runs") / f"{cfg.method}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -50,26 +43,6 @@ def _channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """4-D float tensors (image batches) in channels_last, the faster conv layout on GPU and CPU; others as they are."""
     return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 and v.is_floating_point() else v
             for k, v in batch.items()}
-
-
-def _open_run(cfg: Config, resume: bool, device: torch.device) -> tuple[Config, RunPaths, dict | None]:
-    """Resolve the config, create (or reopen with `resume`) the run directory and write config.yaml."""
-    ckpt = None
-    if resume:
-        if cfg.out is None:
-            raise SelfSupError("--resume needs the run directory (--out RUN_DIR)")
-        paths = RunPaths(Path(cfg.out))
-        saved = Config.load(paths.config)
-        cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
-        ckpt = load_checkpoint(paths.last)
-    cfg = resolve(cfg, device.type)
-    paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
-    if not resume and paths.last.exists():
-        raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another --out")
-    paths.root.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.replace(cfg, out=str(paths.root))
-    cfg.save(paths.config)
-    return cfg, paths, ckpt
 
 
 def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
@@ -81,14 +54,19 @@ def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
     `train` and `monitor` (bank, queries) may be given directly instead of loaded from cfg.data.
     """
     device = pick_device(cfg.device)
-    cfg, paths, ckpt = _open_run(cfg, resume, device)
+    run = open_run(cfg, resume, device, train)
+    try:
+        return _train(run, device, monitor, progress, on_epoch_end)
+    finally:
+        run.lock.release()
+
+
+def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] | None, progress: bool | None,
+           on_epoch_end: Callable[[int], None] | None) -> Path:
+    cfg, paths, train, ckpt = run.cfg, run.paths, run.train, run.ckpt
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if train is None:
-        train = load_data(cfg.data, "train", labels=cfg.labels)
     n = len(train)
-    if n < 2:
-        raise SelfSupError(f"{cfg.data} has {n} sample(s); pretraining needs at least 2")
     bs = min(cfg.batch_size, n)
     steps_per_epoch = n // bs
     spec = spec_of(train) if ckpt is None else checkpoint_spec(ckpt)
@@ -111,14 +89,21 @@ def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
     data = train.x.to(device)  # the whole split on the device: a batch is an index, not a loader
     knn = None
     if cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
-        monitor = monitor or _default_monitor(cfg, train, device)
-        knn = KNNMonitor(*monitor, device=device)
+        knn = KNNMonitor(*(monitor or _default_monitor(cfg, train, device)), device=device)
+    if ckpt is None:
+        monitor_note = (f"every {cfg.knn_every} epoch(s), k={knn.k}, bank {len(knn.bank)}, {len(knn.queries)} "
+                        f"queries, all from the pretraining data" if knn else "off")
+        say_recipe(run, spec.describe(), steps_per_epoch, method.describe(), monitor_note)
 
     if ckpt is None and method.view_recipe is not None:
         from ..views.preview import save_preview
 
         save_preview(train.x[:8], method.view_recipe, paths.plots / "views.png", mean=spec.mean, std=spec.std,
                      generator=torch.Generator().manual_seed(cfg.seed))
+
+    def snapshot(epoch: int, step: int) -> dict:
+        return dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, step=step,
+                    config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name)
 
     total_steps = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -166,12 +151,12 @@ def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
             if log_sums:
                 record["logs"] = {k: float(v) / steps_per_epoch for k, v in log_sums.items()}
             if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-                record.update(knn=knn(method.encoder()), knn_bank=len(knn.bank), knn_queries=len(knn.queries))
-            state = dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, step=step,
-                         config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name)
+                record.update(knn=knn(method.encoder()), knn_k=knn.k, knn_bank=len(knn.bank),
+                              knn_queries=len(knn.queries))
             # Written on a background thread while the next epoch trains; the copy to the CPU happens here.
             periodic = cfg.save_every and (epoch + 1) % cfg.save_every == 0
-            writer.save(state, paths.last, *([paths.checkpoints / f"epoch_{epoch + 1:04d}.pt"] if periodic else []))
+            writer.save(snapshot(epoch + 1, step), paths.last,
+                        *([paths.checkpoints / f"epoch_{epoch + 1:04d}.pt"] if periodic else []))
             last_good = epoch + 1
             record["wall_s"] = round(time.perf_counter() - t0, 3)
             append_jsonl(paths.metrics, record)
@@ -184,6 +169,8 @@ def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
                  f"({record['images_per_s']:.0f} samples/s)")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
+        if ckpt is None and cfg.epochs == 0:  # --epochs 0 saves the untrained model (a baseline to evaluate)
+            writer.save(snapshot(0, 0), paths.last)
     finally:
         writer.wait()  # the last checkpoint is on disk before we return or raise
     return paths.root
@@ -197,13 +184,12 @@ def _diverged(paths: RunPaths, epoch: int, step: int, last_good: int, value: flo
 
 
 def _default_monitor(cfg: Config, train: Dataset, device: torch.device) -> tuple[Dataset, Dataset]:
-    """kNN monitor data: a bank from the training set and queries from the test split (or a holdout)."""
-    cpu = device.type != "cuda"
-    bank, test, _ = eval_splits(train, load_data(cfg.data, "test", labels=cfg.labels), cfg.seed)
+    """kNN monitor data, both parts from the pretraining data (never the test split): queries are a seeded,
+    class-balanced 10% of it, the bank the rest. On a CPU a 10,000-sample bank and 2,000 queries at most keep
+    the monitor to seconds; the final `selfsup eval` uses everything."""
+    bank_idx, query_idx = stratified_holdout(train.labels, 0.1, cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    # On a CPU a subset keeps the monitor to a few seconds; the final `selfsup eval` uses everything.
-    if cpu and len(bank) > 10000:
-        bank = bank.subset(torch.randperm(len(bank), generator=g)[:10000])
-    if cpu and len(test) > 2000:
-        test = test.subset(torch.randperm(len(test), generator=g)[:2000])
-    return bank, test
+    if device.type != "cuda":
+        bank_idx = bank_idx[torch.randperm(len(bank_idx), generator=g)[:10000]]
+        query_idx = query_idx[torch.randperm(len(query_idx), generator=g)[:2000]]
+    return train.subset(bank_idx), train.subset(query_idx)

@@ -5,16 +5,17 @@ import torch
 
 from ..data import Dataset
 from ..evaluate.features import extract_features
-from ..evaluate.knn import knn_accuracy
+from ..evaluate.knn import capped_k, knn_accuracy
 
 
 class KNNMonitor:
-    """Weighted kNN (k=200, T=0.1) of a bank against queries, on frozen features; labels stay on the device."""
+    """Weighted kNN (k=200 capped at the smallest class in the bank, T=0.1) of a bank against queries, on frozen
+    features; labels stay on the device."""
 
     def __init__(self, bank: Dataset, queries: Dataset, device: torch.device, k: int = 200, temperature: float = 0.1):
         self.bank, self.queries = bank, queries
         self.device = device
-        self.k, self.temperature = k, temperature
+        self.k, self.temperature = capped_k(bank.labels, k), temperature
         self.num_classes = int(max(bank.labels.max(), queries.labels.max())) + 1
 
     def __call__(self, encoder: torch.nn.Module) -> float:

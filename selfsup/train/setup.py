@@ -1,0 +1,119 @@
+"""Opening a run: the run directory and its lock, the pretraining data (holdout removed), the resolved recipe.
+
+The rule that keeps evaluation honest lives here: a source without its own test split is split once, seeded
+(and stratified where labels exist), before pretraining. The holdout's indices go to RUN_DIR/holdout.json;
+pretraining, its normalisation statistics and the kNN monitor see only the rest; `selfsup eval` tests on
+exactly that holdout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ..config import Config, resolve, validate
+from ..data import Dataset, load_data
+from ..errors import SelfSupError
+from ..evaluate.subsets import complement, holdout_indices
+from ..rundir import RunLock, RunPaths, load_holdout, save_holdout
+from .checkpoint import load_checkpoint
+
+
+@dataclass
+class OpenRun:
+    """A run ready to train: resolved config, its files (locked), pretraining data, checkpoint when resuming."""
+
+    cfg: Config
+    paths: RunPaths
+    lock: RunLock
+    train: Dataset
+    split_note: str
+    ckpt: dict | None
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<method>-<data>-<timestamp>."""
+    data = Path(cfg.data).name or cfg.data
+    return Path("runs") / f"{cfg.method}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def new_holdout(cfg: Config, full: Dataset) -> torch.Tensor | None:
+    """Indices to set aside before pretraining: none when the source has its own test split or --holdout is 0."""
+    if cfg.holdout == 0 or load_data(cfg.data, "test", labels=cfg.labels) is not None:
+        return None
+    return holdout_indices(full.labels, len(full), cfg.holdout, cfg.seed)
+
+
+def without_holdout(cfg: Config, full: Dataset, index: torch.Tensor | None, own_test: bool) -> tuple[Dataset, str]:
+    """The samples pretraining may see, and a note saying where the evaluation's test data comes from."""
+    if index is not None:
+        kind = "stratified" if full.labels is not None else "random"
+        note = f"{len(index)} samples ({len(index) / len(full):.0%}, seeded, {kind}) held out before pretraining"
+        return full.subset(complement(len(full), index)), note
+    if own_test:
+        return full, "the source's own test split (never seen in pretraining)"
+    return full, "none: pretrained on every sample (--holdout 0)"
+
+
+def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | None = None) -> OpenRun:
+    """Check everything, then create (or reopen) and lock the run directory; write config.yaml (and holdout.json).
+
+    A new run writes nothing until its settings, data and recipe have passed every check.
+    """
+    if resume:
+        if cfg.out is None:
+            raise SelfSupError("--resume needs the run directory (--out RUN_DIR)")
+        paths = RunPaths(Path(cfg.out))
+        saved = Config.load(paths.config)
+        lock = RunLock(paths.root).acquire()
+        try:
+            cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
+            ckpt = load_checkpoint(paths.last)
+            full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels)
+            index = None if train is not None else load_holdout(paths, len(full))
+            data, note = without_holdout(cfg, full, index, own_test=index is None and saved.holdout > 0)
+            cfg = resolve(cfg, device.type, len(data))
+            cfg.save(paths.config)
+        except BaseException:
+            lock.release()
+            raise
+        return OpenRun(cfg, paths, lock, data, note, ckpt)
+
+    validate(cfg)
+    resolve(cfg, device.type)  # settings, method and optimizer checked before the data is even read
+    paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
+    if paths.last.exists():
+        raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another --out")
+    full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels)
+    index = None if train is not None else new_holdout(cfg, full)
+    data, note = without_holdout(cfg, full, index, own_test=train is None and cfg.holdout > 0)
+    if train is not None:
+        note = "given by the caller, used whole"
+    if len(data) < 2:
+        raise SelfSupError(f"{cfg.data} has {len(data)} sample(s) for pretraining; it needs at least 2")
+    cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SelfSupError(f"cannot create run directory {paths.root}: {e.strerror}") from None
+    lock = RunLock(paths.root).acquire()
+    if index is not None:
+        save_holdout(paths, cfg, len(full), index)
+    cfg.save(paths.config)
+    return OpenRun(cfg, paths, lock, data, note, None)
+
+
+def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: str, monitor_note: str) -> None:
+    """Print the resolved recipe once, at the start, so what runs is never a guess."""
+    c = run.cfg
+    settings = ", ".join(f"{k}={v}" for k, v in c.method_args.items()) or "none"
+    lines = [f"recipe: {c.method} on {c.data}: {len(run.train)} samples ({spec_text}); test data: {run.split_note}",
+             f"  {c.backbone}, batch {c.batch_size}, {c.steps} steps = {c.epochs} epochs x {steps_per_epoch}, "
+             f"{c.optimizer} lr {c.lr:.4g} wd {c.weight_decay:g}, warmup {c.warmup_epochs:g} epochs, seed {c.seed}",
+             f"  {c.method} settings: {settings}{'; ' + method_note if method_note else ''}",
+             f"  kNN monitor: {monitor_note}; run directory {run.paths.root}"]
+    print("\n".join(lines), file=sys.stderr, flush=True)
