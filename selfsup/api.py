@@ -15,6 +15,8 @@ from .data import Dataset, DataSpec, load_data
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
+from .evaluate.report import PROTOCOLS
+from .evaluate.tuning import KNN_KS, L2_GRID
 from .evaluate.subsets import complement, eval_splits
 from .rundir import RunPaths, load_holdout, load_run
 from .train.loop import pretrain
@@ -24,11 +26,25 @@ __all__ = ["Config", "pretrain", "evaluate", "embed", "eval_defaults"]
 
 
 def eval_defaults(device: torch.device) -> dict:
-    """Evaluation budgets fitted to the hardware (fine-tuning dominates the cost on a CPU)."""
+    """Fine-tuning budgets fitted to the hardware, in epochs; small label subsets get a floor of steps."""
     if device.type == "cuda":
-        return dict(linear_epochs=100, finetune_epochs=30, finetune_min_steps=500, finetune_max_steps=None)
-    # CPU: every fine-tuning job gets the same 150 steps, whatever the label fraction.
-    return dict(linear_epochs=30, finetune_epochs=3, finetune_min_steps=150, finetune_max_steps=150)
+        return dict(finetune_epochs=30, finetune_min_steps=500)
+    # CPU: 3 epochs (702 steps of 256 on all of Fashion-MNIST), at least 150 steps on small subsets.
+    return dict(finetune_epochs=3, finetune_min_steps=150)
+
+
+def _check_eval_args(fractions, protocols, k: int, temperature: float, finetune_epochs, finetune_max_steps) -> None:
+    """A one-line error for the first evaluation setting out of range, before any data is read."""
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    problems = [(bad, f"unknown protocol(s) {', '.join(bad)}; choose from {', '.join(PROTOCOLS)}"),
+                (not fractions or any(not 0 < f <= 1 for f in fractions), "--fractions must be in (0, 1]"),
+                (k < 1, f"--k must be an integer >= 1, got {k}"),
+                (not temperature > 0, f"--temperature-knn must be > 0, got {temperature}"),
+                (finetune_epochs is not None and finetune_epochs < 1, "--finetune-epochs must be >= 1"),
+                (finetune_max_steps is not None and finetune_max_steps < 1, "--finetune-max-steps must be >= 1")]
+    for failed, message in problems:
+        if failed:
+            raise SelfSupError(message)
 
 
 def load_eval_splits(src: str, labels: str | None = None, seed: int = 0,
@@ -71,11 +87,17 @@ def augment_for(spec: DataSpec):
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None = None,
-             fractions=(0.01, 0.1, 1.0), protocols=("knn", "linear", "finetune"), baselines: bool = True,
-             k: int = 200, temperature: float = 0.1, linear_epochs: int | None = None,
-             finetune_epochs: int | None = None, finetune_max_steps: int | None = -1, device: str = "auto",
-             seed: int = 0, progress: bool | None = None) -> dict:
-    """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md into the run dir."""
+             fractions=(0.01, 0.1, 1.0), protocols=PROTOCOLS, baselines: bool = True, k: int = 200,
+             temperature: float = 0.1, finetune_epochs: int | None = None, finetune_max_steps: int | None = None,
+             device: str = "auto", seed: int = 0, progress: bool | None = None) -> dict:
+    """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md into the run dir.
+
+    kNN is reported at the fixed protocol (k=200 capped at the smallest class, T=0.1) and with k tuned; the
+    linear probe's L2 penalty is tuned; both on a validation split carved from each labelled subset (the same
+    rule for every row). Fine-tuning trains for `finetune_epochs` (hardware default), at least the hardware's
+    floor of steps on small subsets, at most `finetune_max_steps` if given.
+    """
+    _check_eval_args(fractions, protocols, k, temperature, finetune_epochs, finetune_max_steps)
     run = load_run(run_dir)
     dev = pick_device(device)
     src = data or run.config.data
@@ -84,22 +106,19 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
                                                RunPaths(Path(run_dir)) if own else None)
     _check_compatible(train, run.spec, src)
     budget = eval_defaults(dev)
-    linear_epochs = linear_epochs or budget["linear_epochs"]
     finetune_epochs = finetune_epochs or budget["finetune_epochs"]
-    if finetune_max_steps == -1:
-        finetune_max_steps = budget["finetune_max_steps"]
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     result = evaluate_encoder(
         run.encoder, lambda: run.random_encoder(seed + 1), train.x, train.labels, test.x, test.labels, num_classes,
         dev, kind=run.spec.kind, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
-        baselines=baselines, k=k, temperature=temperature, linear_epochs=linear_epochs,
-        finetune_epochs=finetune_epochs, finetune_max_steps=finetune_max_steps,
-        finetune_min_steps=budget["finetune_min_steps"], augment=augment_for(run.spec), seed=seed,
-        progress=progress is not False)
+        baselines=baselines, k=k, temperature=temperature, finetune_epochs=finetune_epochs,
+        finetune_max_steps=finetune_max_steps, finetune_min_steps=budget["finetune_min_steps"],
+        augment=augment_for(run.spec), seed=seed, progress=progress is not False)
     result.update(run_dir=str(run_dir), method=run.config.method, backbone=run.config.backbone,
                   pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
-                  linear_epochs=linear_epochs, finetune_epochs=finetune_epochs,
-                  finetune_min_steps=budget["finetune_min_steps"], finetune_max_steps=finetune_max_steps)
+                  finetune_epochs=finetune_epochs, finetune_min_steps=budget["finetune_min_steps"],
+                  finetune_max_steps=finetune_max_steps, knn_ks=list(KNN_KS), l2_grid=list(L2_GRID),
+                  validation="a seeded, class-balanced 20% of each labelled subset")
     md = _markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))
@@ -109,9 +128,13 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
 
 
 def _markdown_report(result: dict) -> str:
-    head = (f"**{result['method']}** ({result['backbone']}, {result['pretrain_epochs']} epochs) on "
-            f"{result['data']}: train {result['splits']['train']}, test {result['splits']['test']} "
-            f"({result['test_split']}); kNN k={result['k']}, T={result['temperature']}; device {result['device']}")
+    cap = f", at most {result['finetune_max_steps']} steps" if result["finetune_max_steps"] else ""
+    head = (f"**{result['method']}** ({result['backbone']}, {result['pretrain_epochs']} epochs) on {result['data']}: "
+            f"train {result['splits']['train']}, test {result['splits']['test']} ({result['test_split']}); "
+            f"device {result['device']}.\nkNN: cosine, T={result['temperature']}; k=200 is the literature's fixed "
+            f"protocol (capped at the smallest class); tuned k from {result['knn_ks']} and the linear probe's L2 "
+            f"from {result['l2_grid']} are chosen on {result['validation']}, the same rule for every row. "
+            f"Fine-tuning: {result['finetune_epochs']} epochs, at least {result['finetune_min_steps']} steps{cap}.")
     return head + "\n\n" + format_markdown(result)
 
 
@@ -119,6 +142,8 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
           device: str = "auto", batch_size: int = 1024) -> Path:
     """Write the encoder's features of every sample of `data`, in input order, to .npy or .npz."""
     out = Path(out)
+    if batch_size < 1:
+        raise SelfSupError(f"--batch-size must be an integer >= 1, got {batch_size}")
     if out.suffix not in (".npy", ".npz"):
         raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
     run = load_run(run_dir)

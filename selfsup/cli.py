@@ -107,12 +107,12 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="label fractions, comma-separated, e.g. 1%%,10%%,100%% (default)")
     g.add_argument("--protocols", default="knn,linear,finetune", help="any of knn,linear,finetune (default all)")
     g.add_argument("--no-baselines", action="store_true", help="skip the raw-input and random-init rows")
-    g.add_argument("--k", type=int, default=200, help="kNN neighbours (default 200)")
+    g.add_argument("--k", type=int, default=200, help="kNN neighbours of the fixed-protocol column (default 200, "
+                                                      "capped at the smallest class)")
     g.add_argument("--temperature-knn", dest="knn_t", type=float, default=0.1, help="kNN vote temperature (default 0.1)")
-    g.add_argument("--linear-epochs", type=int, help="linear-probe epochs (default 100 GPU / 30 CPU)")
-    g.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 30 GPU / 3 CPU; small label subsets get at least 500 GPU / 150 CPU steps)")
-    g.add_argument("--finetune-max-steps", type=int, default=-1,
-                   help="cap on fine-tuning steps per job (default none on GPU, 150 on CPU; 0 = no cap)")
+    g.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 30 GPU / 3 CPU; small label "
+                                                       "subsets get at least 500 GPU / 150 CPU steps)")
+    g.add_argument("--finetune-max-steps", type=int, help="cap on fine-tuning steps per job (default: none)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
 
 
@@ -195,8 +195,8 @@ def _config_from_args(a: argparse.Namespace) -> Config:
 def _eval_kwargs(a: argparse.Namespace) -> dict:
     protocols = tuple(p.strip() for p in a.protocols.split(",") if p.strip())
     return dict(fractions=a.fractions, protocols=protocols, baselines=not a.no_baselines, k=a.k,
-                temperature=a.knn_t, linear_epochs=a.linear_epochs, finetune_epochs=a.finetune_epochs,
-                finetune_max_steps=None if a.finetune_max_steps == 0 else a.finetune_max_steps, seed=a.eval_seed)
+                temperature=a.knn_t, finetune_epochs=a.finetune_epochs, finetune_max_steps=a.finetune_max_steps,
+                seed=a.eval_seed)
 
 
 def describe_methods(name: str | None = None) -> str:

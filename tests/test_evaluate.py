@@ -119,6 +119,49 @@ def test_linear_probe_digits_pixels(digits):
     assert linear_probe(ftr, ytr, fte, yte, 10) == acc  # deterministic
 
 
+def test_linear_probe_standardises_with_training_features_only(digits):
+    # Appending far-away test rows (label -1: never predicted) must not change a single prediction on the
+    # others: with statistics taken over train + test, the offsets would squash every training feature.
+    xtr, ytr, xte, yte = digits
+    ftr, fte = xtr.flatten(1).float() / 255, xte.flatten(1).float() / 255
+    acc = linear_probe(ftr, ytr, fte, yte, 10)
+    far = torch.cat([fte, fte + 1000.0])
+    labels = torch.cat([yte, torch.full_like(yte, -1)])
+    assert linear_probe(ftr, ytr, far, labels, 10) == pytest.approx(acc / 2, abs=1e-9)
+
+
+@pytest.mark.parametrize("l2", [1.0, 1e-2, 1e-4])
+def test_logistic_regression_matches_scikit_learn(digits, l2):
+    # The oracle: scikit-learn's lbfgs logistic regression minimises C * sum CE + |W|^2 / 2, i.e. our
+    # mean CE + l2 / 2 |W|^2 with C = 1 / (n * l2), on the same standardised features.
+    from sklearn.linear_model import LogisticRegression
+
+    from selfsup.evaluate.linear import fit_linear
+
+    xtr, ytr, _, _ = digits
+    f = xtr.flatten(1).float() / 255
+    ours = fit_linear(f, ytr, 10, l2=l2)
+    x = ((f - ours.mean) / ours.std).numpy()
+    ref = LogisticRegression(C=1 / (len(ytr) * l2), tol=1e-10, max_iter=20000).fit(x, ytr.numpy())
+    w = torch.tensor(ref.coef_, dtype=torch.float32)
+    assert (ours.weight - w).abs().max() <= 2e-3 * w.abs().max()
+
+
+def test_tuning_never_looks_at_the_test_split(digits):
+    from selfsup.evaluate.tuning import knn_both, linear_tuned
+
+    xtr, ytr, xte, yte = digits
+    ftr, fte = xtr.flatten(1).float() / 255, xte.flatten(1).float() / 255
+    a_knn, a_lin = knn_both(ftr, ytr, fte, yte, 10), linear_tuned(ftr, ytr, fte, yte, 10)
+    g = torch.Generator().manual_seed(0)
+    noise_f, noise_y = torch.rand(fte.shape, generator=g), torch.randint(0, 10, yte.shape, generator=g)
+    b_knn, b_lin = knn_both(ftr, ytr, noise_f, noise_y, 10), linear_tuned(ftr, ytr, noise_f, noise_y, 10)
+    assert (a_knn["knn_k"], a_lin["linear_l2"]) == (b_knn["knn_k"], b_lin["linear_l2"])  # chosen on validation
+    assert a_knn["knn_tuned"] >= a_knn["knn"] - 0.01 and a_knn["knn_tuned"] > 0.95
+    smallest = int(torch.bincount(ytr).min())
+    assert a_knn["knn_k_fixed"] == min(200, smallest) and a_knn["knn_k"] < 50  # pixels want few neighbours
+
+
 def test_linear_probe_random_labels_near_chance(digits):
     xtr, ytr, xte, yte = digits
     g = torch.Generator().manual_seed(1)
@@ -196,13 +239,20 @@ def test_class_balanced_subset():
 
 
 # ----------------------------------------------------------------------------------------------- report
-def test_evaluate_encoder_digits(digits):
+def test_evaluate_encoder_digits(digits, monkeypatch):
+    from selfsup.evaluate import report
+
     xtr, ytr, xte, yte = digits
+    seen = []  # (protocol, number of training labels it was given)
+    for name in ("knn_both", "linear_tuned", "finetune"):
+        real = getattr(report, name)
+        monkeypatch.setattr(report, name, lambda *a, _real=real, _name=name, **k: (
+            seen.append((_name, len(a[1] if _name != "finetune" else a[2]))), _real(*a, **k))[1])
     model = make_cnn(seed=1)
     t0 = time.perf_counter()
     res = evaluate_encoder(model, lambda: make_cnn(seed=2), xtr, ytr, xte, yte, 10, CPU,
-                           name="my-ssl", fractions=(0.1, 1.0), k=20, linear_epochs=20, finetune_epochs=2,
-                           finetune_max_steps=30, progress=False)
+                           name="my-ssl", fractions=(0.1, 1.0), k=20, finetune_epochs=2, finetune_max_steps=30,
+                           progress=False)
     elapsed = time.perf_counter() - t0
     print(f"evaluate_encoder on digits: {elapsed:.1f}s")
     assert res["splits"] == {"train": len(ytr), "test": len(yte)}
@@ -216,10 +266,13 @@ def test_evaluate_encoder_digits(digits):
             assert 0.0 <= r[p] <= 1.0
         assert (r["finetune"] is None) == (n == "raw pixels")
     assert rows[("raw pixels", 1.0)]["linear"] > 0.9
+    sizes = {f: len(class_balanced_subset(ytr, f)) for f in (0.1, 1.0)}
+    assert sorted(set(seen)) == sorted({(p, sizes[f]) for p in ("knn_both", "linear_tuned", "finetune")
+                                        for f in (0.1, 1.0)})  # each probe saw exactly its label subset
     md = format_markdown(res)
     for n in ("my-ssl", "random init", "raw pixels"):
         assert n in md
-    assert "**" in md and "—" in md and "| features | labels | kNN | linear | fine-tune |" in md
+    assert "**" in md and "—" in md and "| features | labels | kNN k=200 | kNN tuned | linear | fine-tune |" in md
     assert f"10% ({len(class_balanced_subset(ytr, 0.1))})" in md
 
     only = evaluate_encoder(model, lambda: make_cnn(seed=2), xtr, ytr, xte, yte, 10, CPU,
@@ -228,14 +281,15 @@ def test_evaluate_encoder_digits(digits):
     assert only["results"][0]["linear"] is None and only["results"][0]["finetune"] is None
 
 
-def test_format_markdown_bold_best():
+def test_format_markdown_bold_best_and_chosen_hyperparameters():
+    common = dict(fraction=0.01, labels=600, knn_k_fixed=60, knn_tuned=None, knn_k=None)
     res = {"results": [
-        {"features": "a", "fraction": 0.01, "labels": 600, "knn": 0.5, "linear": 0.7, "finetune": None},
-        {"features": "b", "fraction": 0.01, "labels": 600, "knn": 0.6, "linear": 0.65, "finetune": 0.9},
+        dict(common, features="a", knn=0.5, knn_tuned=0.55, knn_k=5, linear=0.7, linear_l2=0.01, finetune=None),
+        dict(common, features="b", knn=0.6, knn_tuned=0.58, knn_k=10, linear=0.65, linear_l2=1.0, finetune=0.9),
     ]}
     md = format_markdown(res)
-    assert "| a | 1% (600) | 50.0 | **70.0** | — |" in md
-    assert "| b | 1% (600) | **60.0** | 65.0 | **90.0** |" in md
+    assert "| a | 1% (600) | 50.0 (k=60) | 55.0 (k=5) | **70.0** (L2 0.01) | — |" in md
+    assert "| b | 1% (600) | **60.0** (k=60) | **58.0** (k=10) | 65.0 (L2 1) | **90.0** |" in md
 
 
 def test_stratified_holdout_partitions_every_class():

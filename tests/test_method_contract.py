@@ -110,7 +110,7 @@ def test_method_defined_in_a_test_file_runs_pretrain_eval_embed_through_the_cli(
     assert not (run / "plots" / "views.png").exists()  # no view recipe declared: no preview
 
     code, out, err = run_cli(capsys, "eval", run, "--fractions", "100%", "--protocols", "knn,linear",
-                             "--linear-epochs", "5", "--no-progress")
+                             "--no-progress")
     assert code == 0, err
     assert "| toy_flip (ours) | 100% (1257) |" in out and "raw pixels" in out and "random init" in out
 

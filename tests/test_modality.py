@@ -89,13 +89,13 @@ def test_token_method_runs_pretrain_eval_embed_through_the_cli(tmp_path, capsys)
     _, err = capsys.readouterr()
     assert code == 0, err
     assert "kNN" in err  # the online monitor ran on token data
-    code = main(["eval", str(run), "--fractions", "100%", "--linear-epochs", "10", "--finetune-max-steps", "20",
+    code = main(["eval", str(run), "--fractions", "100%", "--finetune-max-steps", "20",
                  "--k", "20", "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
     rows = [ln for ln in out.splitlines() if ln.startswith("| toy_mtp") or ln.startswith("| random")]
     assert len(rows) == 2 and "raw pixels" not in out  # no pixel baseline for tokens
-    assert all(ln.count("|") == 6 and "—" not in ln for ln in rows)  # kNN, linear and fine-tune all ran
+    assert all(ln.count("|") == 7 and "—" not in ln for ln in rows)  # kNN (fixed, tuned), linear, fine-tune ran
     code = main(["embed", str(run), "--data", "toy-tokens", "--split", "test", "--out", str(tmp_path / "e.npy")])
     assert code == 0
     assert np.load(tmp_path / "e.npy").shape == (200, 16)

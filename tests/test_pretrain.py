@@ -144,7 +144,7 @@ def test_evaluation_drops_projector_and_embed_keeps_order(tmp_path, digits):
     ref = extract_features(run.encoder, test.x, torch.device("cpu"))
     assert not run.encoder.training and not run.encoder.backbone.training  # a loaded run stays in eval mode
     np.testing.assert_allclose(z["features"], ref.numpy(), rtol=1e-5, atol=1e-5)
-    result = evaluate(run_dir, fractions=(0.1, 1.0), protocols=("knn", "linear"), linear_epochs=20, progress=False)
+    result = evaluate(run_dir, fractions=(0.1, 1.0), protocols=("knn", "linear"), progress=False)
     rows = {(r["features"], r["fraction"]) for r in result["results"]}
     assert rows == {(n, f) for n in ("simclr (ours)", "random init", "raw pixels") for f in (0.1, 1.0)}
     assert (RunPaths(run_dir).root / "eval.json").is_file() and "raw pixels" in (run_dir / "eval.md").read_text()

@@ -72,6 +72,18 @@ def test_resized_crop_explicit_boxes():
     assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_random_resized_crop_aspect_ratio_is_log_uniform():
+    # torchvision draws log(ratio) uniformly in [log 3/4, log 4/3]: mean 0, quartiles at +-0.1438. A uniform draw
+    # of the ratio itself has mean log-ratio +0.022 and quartiles at -0.110 / +0.172. Scales up to 0.5 of a
+    # large image accept every first try, so the draw is seen without rejection or rounding.
+    n = 20000
+    _, _, h, w = ops.random_resized_crop_params(n, 1000, 1000, scale=(0.08, 0.5), generator=gen(3))
+    log_r = (w.double() / h.double()).log()
+    assert abs(log_r.mean().item()) < 0.006  # 5 standard errors
+    q1, q3 = torch.quantile(log_r, torch.tensor([0.25, 0.75], dtype=torch.float64)).tolist()
+    assert q1 == pytest.approx(-0.1438, abs=0.01) and q3 == pytest.approx(0.1438, abs=0.01)
+
+
 @pytest.mark.parametrize("hw", [(28, 28), (20, 50), (64, 16)])
 @pytest.mark.parametrize("scale", [(0.08, 1.0), (0.2, 1.0), (0.5, 1.0)])
 def test_random_resized_crop_params_bounds(hw, scale):

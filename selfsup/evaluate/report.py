@@ -11,9 +11,8 @@ from tqdm.auto import tqdm
 from ..errors import SelfSupError
 from .features import extract_features
 from .finetune import finetune
-from .knn import knn_accuracy
-from .linear import linear_probe
 from .subsets import class_balanced_subset
+from .tuning import knn_both, linear_tuned
 
 PROTOCOLS = ("knn", "linear", "finetune")
 RANDOM_ROW = "random init"
@@ -32,8 +31,7 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
                      train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                      num_classes: int, device, *, kind: str = "image", name: str = "selfsup",
                      fractions: Sequence[float] = (0.01, 0.1, 1.0), protocols: Sequence[str] = PROTOCOLS,
-                     baselines: bool = True, k: int = 200, temperature: float = 0.1, linear_epochs: int = 100,
-                     finetune_epochs: int = 10, finetune_max_steps: int | None = None, finetune_min_steps: int = 0,
+                     baselines: bool = True, k: int = 200, temperature: float = 0.1, finetune_epochs: int = 10, finetune_max_steps: int | None = None, finetune_min_steps: int = 0,
                      augment=None, seed: int = 0, progress: bool = True) -> dict:
     """Evaluate ``encoder`` (and, with ``baselines``, a random-init copy of its architecture and the raw input).
 
@@ -72,8 +70,8 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
     subsets = {f: class_balanced_subset(train_y, f, seed) for f in fractions}
     jobs = [(row, f, p) for row in rows for f in fractions for p in protocols
             if not (rows[row][0] is None and p == "finetune")]  # raw input: nothing to fine-tune
-    results = {(row, f): {"features": row, "fraction": f, "labels": int(subsets[f].numel()),
-                          "knn": None, "linear": None, "finetune": None}
+    results = {(row, f): {"features": row, "fraction": f, "labels": int(subsets[f].numel()), "knn": None,
+                          "knn_tuned": None, "linear": None, "finetune": None}
                for f in fractions for row in rows}
 
     bar = tqdm(jobs, disable=not progress, desc="evaluate", leave=False)
@@ -82,17 +80,15 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
         model, feats = rows[row]
         idx = subsets[f]
         if p == "knn":
-            acc = knn_accuracy(feats[0][idx], train_y[idx], feats[1], test_y, num_classes,
-                               k=k, temperature=temperature)
+            out = knn_both(feats[0][idx], train_y[idx], feats[1], test_y, num_classes, k, temperature, seed)
         elif p == "linear":
-            acc = linear_probe(feats[0][idx], train_y[idx], feats[1], test_y, num_classes,
-                               epochs=linear_epochs, seed=seed)
+            out = linear_tuned(feats[0][idx], train_y[idx], feats[1], test_y, num_classes, seed)
         else:
             idx_cpu = idx.to(train_x.device)
-            acc = finetune(model, train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes, device, augment=augment,
-                           epochs=finetune_epochs, max_steps=finetune_max_steps, min_steps=finetune_min_steps,
-                           seed=seed)
-        results[(row, f)][p] = acc
+            out = dict(finetune=finetune(model, train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes, device,
+                                         augment=augment, epochs=finetune_epochs, max_steps=finetune_max_steps,
+                                         min_steps=finetune_min_steps, seed=seed))
+        results[(row, f)].update(out)
     bar.close()
 
     return {"splits": {"train": int(train_x.shape[0]), "test": int(test_x.shape[0])},
@@ -104,25 +100,34 @@ def _fraction_label(f: float, n: int) -> str:
     return f"{f * 100:g}% ({n})"
 
 
+# column header -> (result key, the chosen hyperparameter's key and how to show it)
+COLUMNS = {"kNN k=200": ("knn", "knn_k_fixed", "k={}"), "kNN tuned": ("knn_tuned", "knn_k", "k={}"),
+           "linear": ("linear", "linear_l2", "L2 {:g}"), "fine-tune": ("finetune", None, None)}
+
+
+def _cell(r: dict, key: str, hp_key: str | None, hp_fmt: str | None, best: float | None, show_hp: bool) -> str:
+    if r.get(key) is None:
+        return "—"
+    v = round(100 * r[key], 1)
+    text = f"**{v:.1f}**" if v == best else f"{v:.1f}"
+    return f"{text} ({hp_fmt.format(r[hp_key])})" if show_hp and hp_key and r.get(hp_key) is not None else text
+
+
 def format_markdown(result: dict) -> str:
-    """Markdown table ``features | labels | kNN | linear | fine-tune``; the best value per fraction and column in bold."""
-    cols = (("knn", "kNN"), ("linear", "linear"), ("finetune", "fine-tune"))
+    """Markdown table: kNN at the fixed protocol (k=200, capped at the smallest class, T=0.1, as in the
+    literature), kNN with k tuned on validation, the tuned linear probe, fine-tuning; the chosen k and L2 beside
+    each number and the best value per fraction and column in bold."""
     rows = result["results"]
-    fractions = sorted({r["fraction"] for r in rows})
-    lines = ["| features | labels | kNN | linear | fine-tune |", "|---|---|---:|---:|---:|"]
-    for f in fractions:
+    lines = ["| features | labels | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
+    for f in sorted({r["fraction"] for r in rows}):
         group = [r for r in rows if r["fraction"] == f]
-        best = {}
-        for key, _ in cols:
-            vals = [round(100 * r[key], 1) for r in group if r[key] is not None]
-            best[key] = max(vals) if vals else None
-        for r in group:
-            cells = []
-            for key, _ in cols:
-                if r[key] is None:
-                    cells.append("—")
-                else:
-                    v = round(100 * r[key], 1)
-                    cells.append(f"**{v:.1f}**" if v == best[key] else f"{v:.1f}")
-            lines.append(f"| {r['features']} | {_fraction_label(f, r['labels'])} | " + " | ".join(cells) + " |")
+        cells = {}
+        for name, (key, hp_key, fmt) in COLUMNS.items():
+            vals = [round(100 * r[key], 1) for r in group if r.get(key) is not None]
+            best = max(vals) if vals else None
+            show_hp = name != "kNN k=200" or any(r.get(hp_key) not in (None, 200) for r in group)
+            cells[name] = [_cell(r, key, hp_key, fmt, best, show_hp) for r in group]
+        for i, r in enumerate(group):
+            row_cells = " | ".join(cells[name][i] for name in COLUMNS)
+            lines.append(f"| {r['features']} | {_fraction_label(f, r['labels'])} | {row_cells} |")
     return "\n".join(lines) + "\n"

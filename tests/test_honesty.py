@@ -1,0 +1,158 @@
+"""Numbers that cannot flatter: held-out images never reach pretraining, one process per run directory, every
+bad input a one-line error that writes nothing."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup import Config, SelfSupError, evaluate, pretrain
+from selfsup.cli import main
+from selfsup.data import dataset_stats, load_data
+from selfsup.methods.simclr import SimCLR
+from selfsup.rundir import RunLock, RunPaths
+from selfsup.train.checkpoint import load_checkpoint
+
+
+@pytest.fixture
+def numbered_folder(tmp_path):
+    """60 PNGs in two class folders; image i is filled with the value 4 * i, so a batch tells whose images it holds."""
+    root = tmp_path / "imgs"
+    for i in range(60):
+        cls = root / ("even" if i % 2 == 0 else "odd")
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 4 * i, np.uint8)).save(cls / f"{i:02d}.png")
+    return root
+
+
+def ids(x: torch.Tensor) -> set[int]:
+    return {int(v) // 4 for v in x[:, 0, 0, 0].tolist()}
+
+
+def test_holdout_images_never_reach_pretraining_and_eval_tests_on_exactly_them(numbered_folder, tmp_path,
+                                                                               monkeypatch):
+    drawn, monitored = set(), set()
+    real_batch = SimCLR.make_batch
+    monkeypatch.setattr(SimCLR, "make_batch", lambda self, x, g: (drawn.update(ids(x)), real_batch(self, x, g))[1])
+    import selfsup.train.loop as loop
+
+    real_monitor = loop.KNNMonitor
+    monkeypatch.setattr(loop, "KNNMonitor", lambda bank, queries, **kw: (
+        monitored.update(ids(bank.x) | ids(queries.x)), real_monitor(bank, queries, **kw))[1])
+    run_dir = pretrain(Config(data=str(numbered_folder), out=str(tmp_path / "run"), device="cpu", epochs=3,
+                              batch_size=8, method_args=dict(proj_hidden=32)), progress=False)
+    full = load_data(str(numbered_folder))
+    saved = json.loads(RunPaths(run_dir).holdout.read_text())
+    held = set(ids(full.x[saved["indices"]]))
+    assert len(held) == 12 and saved["n"] == 60  # 20% held out, seeded and stratified: 6 of each class
+    assert sorted(full.labels[saved["indices"]].tolist()) == [0] * 6 + [1] * 6
+    assert drawn and held.isdisjoint(drawn) and held.isdisjoint(monitored)  # pretraining never saw them
+    assert drawn | held == set(range(60))
+    rest = [i for i in range(60) if i not in set(saved["indices"])]
+    spec = load_checkpoint(RunPaths(run_dir).last)["spec"]
+    mean, std = dataset_stats(full.x[rest])
+    assert spec["mean"] == pytest.approx(mean) and spec["std"] == pytest.approx(std)  # statistics of the rest
+    assert spec["mean"] != pytest.approx(dataset_stats(full.x)[0])
+    result = evaluate(run_dir, fractions=(1.0,), protocols=("knn",), progress=False)
+    assert result["splits"] == {"train": 48, "test": 12} and "holdout" in result["test_split"]
+
+
+def test_without_a_holdout_the_run_cannot_be_evaluated_on_its_own_images(numbered_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(numbered_folder), "--out", str(run), "--device", "cpu", "--epochs", "1",
+                 "--holdout", "0", "--no-progress"]) == 0
+    assert not RunPaths(run).holdout.exists()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--no-progress"]) == 2
+    assert "pretrained on every sample" in capsys.readouterr().err
+
+
+def test_a_run_directory_in_use_is_refused_and_a_stale_lock_is_not(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", "digits", "--out", str(run), "--device", "cpu", "--epochs", "1",
+                 "--batch-size", "256", "--set", "proj_hidden=32", "--no-progress"]) == 0
+    holder = RunLock(run).acquire()  # another process would hold it the same way
+    capsys.readouterr()
+    try:
+        assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "is in use by selfsup pid" in err and len(err.strip().splitlines()) == 1
+    finally:
+        holder.release()
+    (run / ".lock").write_text("selfsup pid 999999 on a machine that crashed")  # left behind, nobody holds it
+    assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert load_checkpoint(RunPaths(run).last)["epoch"] == 2
+
+
+BAD_PRETRAIN = [
+    (["--batch-size", "0"], "--batch-size must be an integer >= 2"),
+    (["--epochs", "-3"], "--epochs must be an integer >= 0"),
+    (["--lr", "-1"], "--lr must be a number > 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be"),
+    (["--steps", "0"], "--steps must be"),
+    (["--holdout", "1"], "--holdout must be a fraction"),
+    (["--knn-every", "-1"], "--knn-every must be"),
+    (["--threads", "0"], "--threads must be"),
+    (["--seed", "-1"], "--seed must be"),
+    (["--epochs", "many"], "invalid int value"),
+    (["--precision", "fp8"], "invalid choice"),
+    (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--temperature", "0"], "temperature must be > 0"),
+    (["--method", "moco", "--queue-size", "0"], "queue_size must be >= 1"),
+    (["--method", "moco", "--queue-size", "99999"], "exceeds the 1257 training samples"),
+    (["--set", "oops"], "--set expects KEY=VALUE"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--data", "nowhere/at/all"], "no such file or directory"),
+]
+if not torch.cuda.is_available():
+    BAD_PRETRAIN.append((["--device", "cuda"], "this machine has no CUDA GPU"))
+
+
+def one_line_error(capsys, argv) -> str:
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("selfsup: error:"), (code, err)
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags,message", BAD_PRETRAIN, ids=[" ".join(f) for f, _ in BAD_PRETRAIN])
+def test_bad_pretrain_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    argv = ["pretrain", "--data", "digits", "--out", str(out), "--device", "cpu", *flags]
+    assert message in one_line_error(capsys, argv)
+    assert not out.exists()
+
+
+def test_out_under_a_regular_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(capsys, ["pretrain", "--data", "digits", "--out", str(tmp_path / "file" / "run"),
+                                   "--device", "cpu", "--epochs", "1"])
+    assert "cannot create run directory" in line and "Not a directory" in line
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--k", "0"], "--k must be an integer >= 1"),
+    (["--temperature-knn", "0"], "--temperature-knn must be > 0"),
+    (["--finetune-epochs", "0"], "--finetune-epochs must be >= 1"),
+    (["--finetune-max-steps", "0"], "--finetune-max-steps must be >= 1"),
+    (["--protocols", "knn,probe"], "unknown protocol(s) probe"),
+    (["--fractions", "0"], "label fraction 0 is not in (0, 1]"),
+])
+def test_bad_eval_input_is_one_line(tmp_path, capsys, flags, message):
+    assert message in one_line_error(capsys, ["eval", str(tmp_path / "no-run-needed"), *flags])
+
+
+def test_zero_epochs_saves_the_untrained_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", "digits", "--out", str(run), "--device", "cpu", "--epochs", "0",
+                 "--set", "proj_hidden=32", "--no-progress"]) == 0
+    ckpt = load_checkpoint(RunPaths(run).last)
+    assert ckpt["epoch"] == 0 and ckpt["step"] == 0
+    with pytest.raises(SelfSupError, match="no such run directory"):
+        evaluate(tmp_path / "other")
+    assert main(["embed", str(run), "--data", "digits", "--out", str(tmp_path / "f.npy")]) == 0
