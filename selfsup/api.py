@@ -83,7 +83,7 @@ def _check_compatible(data: Dataset, spec: DataSpec, what: str) -> None:
 
 def augment_for(spec: DataSpec):
     """Fine-tuning augmentation by data kind: light crops and flips for images, none for tokens."""
-    return finetune_views(spec.shape[-1]) if spec.kind == "image" else None
+    return finetune_views(spec.shape[1:]) if spec.kind == "image" else None
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None = None,

@@ -60,6 +60,17 @@ def test_resized_crop_upsampled_matches_antialias(c):
     assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_resized_crop_to_a_non_square_size_matches_torchvision():
+    # Non-square images keep their shape in training views, as evaluation sees them (H x W, not W x W).
+    x = batch(3, 24, 30)
+    top, left, h, w = ops.random_resized_crop_params(B, 24, 30, scale=(0.2, 1.0), generator=gen(5))
+    got = ops.resized_crop(x, top, left, h, w, (24, 30))
+    assert got.shape == (B, 3, 24, 30)
+    want = per_sample(lambda img, t, l, hh, ww: TF.resized_crop(img, t, l, hh, ww, [24, 30], antialias=False),
+                      x, top, left, h, w)
+    assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_resized_crop_explicit_boxes():
     x = batch(3, 24, 30)
     top = torch.tensor([0, 5, 0, 23, 2, 0])
@@ -326,6 +337,11 @@ def test_presets():
     s28, s96 = simclr_views(28, mean, std), simclr_views(96, mean, std)
     assert s28.crop_scale == (0.2, 1.0) and s28.blur_p == 0.0
     assert s96.crop_scale == (0.08, 1.0) and s96.blur_p == 0.5
+    assert s96.jitter == (0.8, 0.8, 0.8, 0.2)  # SimCLR's ImageNet strength from 64 px; CIFAR's below
+    assert moco_v2_views(96, mean, std).jitter == (0.4, 0.4, 0.4, 0.1)
+    wide = simclr_views((20, 70), mean, std)  # judged by the shorter side; views keep H x W
+    x_wide = torch.randint(0, 256, (2, 1, 20, 70), generator=gen(), dtype=torch.uint8)
+    assert wide.crop_scale == (0.2, 1.0) and wide(x_wide, gen()).shape == (2, 1, 20, 70)
     assert s28.jitter == (0.4, 0.4, 0.4, 0.1) and s28.jitter_p == 0.8 and s28.gray_p == 0.2 and s28.flip_p == 0.5
     assert moco_v2_views(96, mean, std).crop_scale == (0.2, 1.0)
     v1, v2 = byol_views(28, mean, std)

@@ -72,7 +72,7 @@ class MoCo(Method):
                                       schedule=hp.momentum_schedule)
         self.register_buffer("queue", F.normalize(torch.randn(hp.queue_size or 4096, hp.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.view_recipe = moco_v2_views(spec.shape[-1], spec.mean, spec.std)
+        self.view_recipe = moco_v2_views(spec.shape[1:], spec.mean, spec.std)
 
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch, and the shuffle of the keys' BatchNorm batches."""

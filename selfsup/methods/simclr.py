@@ -37,7 +37,7 @@ class SimCLR(Method):
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
         self.projector = mlp_head(self.backbone.feature_dim, hp.proj_hidden, hp.proj_dim)
-        self.view_recipe = simclr_views(spec.shape[-1], spec.mean, spec.std)
+        self.view_recipe = simclr_views(spec.shape[1:], spec.mean, spec.std)
 
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch."""

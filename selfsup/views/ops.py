@@ -83,29 +83,30 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 # ------------------------------------------------------------------------------------ resized crop
 
 def resized_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
-                 width: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop box (top, left, height, width) of each sample, bilinearly resized to (size, size).
+                 width: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Crop box (top, left, height, width) of each sample, bilinearly resized to `size` (S or (S_h, S_w)).
 
-    Equals ``TF.resized_crop(x[i], top[i], left[i], height[i], width[i], [size, size], antialias=False)``
+    Equals ``TF.resized_crop(x[i], top[i], left[i], height[i], width[i], [S_h, S_w], antialias=False)``
     (and antialias=True when the crop is upsampled). One ``grid_sample`` on a per-sample grid: output
     pixel o of a crop of length w maps to src = (o + 0.5) * w / S - 0.5 clamped to [0, w - 1], exactly
     like ``F.interpolate(..., mode="bilinear", align_corners=False)``.
     """
     b, _, h_in, w_in = x.shape
+    sh, sw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     dev = x.device
-    o = torch.arange(size, device=dev, dtype=torch.float32).view(1, -1) + 0.5
 
-    def axis(start, length, full):
+    def axis(start, length, full, out):
+        o = torch.arange(out, device=dev, dtype=torch.float32).view(1, -1) + 0.5
         length = torch.as_tensor(length, device=dev).to(torch.float32).view(-1, 1)
         start = torch.as_tensor(start, device=dev).to(torch.float32).view(-1, 1)
-        src = (o * length / size - 0.5).clamp(min=0.0)
+        src = (o * length / out - 0.5).clamp(min=0.0)
         src = torch.minimum(src, length - 1.0)  # the upper neighbour clamps to the crop's last pixel
         return (start + src + 0.5) / full * 2.0 - 1.0
 
-    gy = axis(top, height, h_in).expand(b, size)  # (B, S)
-    gx = axis(left, width, w_in).expand(b, size)
-    grid = torch.stack([gx.view(b, 1, size).expand(b, size, size),
-                        gy.view(b, size, 1).expand(b, size, size)], dim=-1)
+    gy = axis(top, height, h_in, sh).expand(b, sh)  # (B, S_h)
+    gx = axis(left, width, w_in, sw).expand(b, sw)  # (B, S_w)
+    grid = torch.stack([gx.view(b, 1, sw).expand(b, sh, sw),
+                        gy.view(b, sh, 1).expand(b, sh, sw)], dim=-1)
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -152,11 +153,11 @@ def random_resized_crop_params(b: int, height: int, width: int, scale=(0.08, 1.0
     return top, left, ch, cw
 
 
-def random_resized_crop(x: torch.Tensor, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+def random_resized_crop(x: torch.Tensor, size: int | tuple[int, int], scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                         generator: torch.Generator | None = None, return_params: bool = False):
     """Random resized crop of every sample with its own box (RandomResizedCrop semantics).
 
-    Returns the (B, C, size, size) batch, or ``(batch, (top, left, h, w))`` with `return_params`.
+    Returns the (B, C, S_h, S_w) batch, or ``(batch, (top, left, h, w))`` with `return_params`.
     """
     params = random_resized_crop_params(x.shape[0], x.shape[-2], x.shape[-1], scale, ratio, generator)
     params = tuple(p.to(x.device) for p in params)

@@ -10,16 +10,23 @@ import torch
 from . import ops
 
 
-def default_blur_kernel(size: int) -> int:
-    """The odd number nearest 10% of the image size, at least 3 (SimCLR's choice)."""
-    return max(3, 2 * int(math.floor(0.05 * size)) + 1)
+Size = int | tuple[int, int]  # S (square) or (H, W): non-square images keep their shape, as in evaluation
+
+
+def _short_side(size: Size) -> int:
+    return size if isinstance(size, int) else min(size)
+
+
+def default_blur_kernel(size: Size) -> int:
+    """The odd number nearest 10% of the image size (its shorter side), at least 3 (SimCLR's choice)."""
+    return max(3, 2 * int(math.floor(0.05 * _short_side(size))) + 1)
 
 
 @dataclass
 class SimCLRViews:
     """Random resized crop, flip, colour jitter, grayscale, blur, solarize, normalise."""
 
-    size: int
+    size: Size
     mean: Sequence[float]
     std: Sequence[float]
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -33,7 +40,7 @@ class SimCLRViews:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (B,C,H,W) -> normalised float32 (B,C,size,size), parameters drawn per sample."""
+        """uint8 (B,C,H,W) -> normalised float32 (B,C,S_h,S_w), parameters drawn per sample."""
         g = generator
         v = ops.random_resized_crop(ops.to_float(x), self.size, scale=self.crop_scale, generator=g)
         v = ops.random_hflip(v, self.flip_p, generator=g)
@@ -49,20 +56,23 @@ class SimCLRViews:
         return ops.normalize(v, self.mean, self.std)
 
 
-def simclr_views(size: int, mean, std) -> SimCLRViews:
-    """SimCLR's recipe; crops keep at least 20% of images under 64 px (8% of 28 px leaves almost nothing), blur only from 64 px."""
-    return SimCLRViews(size, mean, std, crop_scale=(0.08, 1.0) if size >= 64 else (0.2, 1.0),
-                       blur_p=0.5 if size >= 64 else 0.0)
+def simclr_views(size: Size, mean, std) -> SimCLRViews:
+    """SimCLR's recipe (Chen et al. 2020, appendix A). From 64 px (the shorter side): crops of 8-100%, colour
+    jitter of strength 1 (0.8, 0.8, 0.8, 0.2) and blur, as on ImageNet. Below: the CIFAR variant, jitter of
+    strength 0.5 (0.4, 0.4, 0.4, 0.1) and no blur, with crops of at least 20% (8% of 28 px leaves almost nothing)."""
+    large = _short_side(size) >= 64
+    return SimCLRViews(size, mean, std, crop_scale=(0.08, 1.0) if large else (0.2, 1.0),
+                       jitter=(0.8, 0.8, 0.8, 0.2) if large else (0.4, 0.4, 0.4, 0.1), blur_p=0.5 if large else 0.0)
 
 
-def moco_v2_views(size: int, mean, std) -> SimCLRViews:
-    """MoCo v2's recipe: SimCLR's with crops of at least 20%."""
-    return SimCLRViews(size, mean, std, crop_scale=(0.2, 1.0), blur_p=0.5 if size >= 64 else 0.0)
+def moco_v2_views(size: Size, mean, std) -> SimCLRViews:
+    """MoCo v2's recipe: jitter (0.4, 0.4, 0.4, 0.1) at every size, crops of at least 20%, blur from 64 px."""
+    return SimCLRViews(size, mean, std, crop_scale=(0.2, 1.0), blur_p=0.5 if _short_side(size) >= 64 else 0.0)
 
 
-def byol_views(size: int, mean, std) -> tuple[SimCLRViews, SimCLRViews]:
+def byol_views(size: Size, mean, std) -> tuple[SimCLRViews, SimCLRViews]:
     """BYOL's asymmetric pair: blur 1.0/0.1, solarize 0/0.2."""
-    scale = (0.08, 1.0) if size >= 64 else (0.2, 1.0)
+    scale = (0.08, 1.0) if _short_side(size) >= 64 else (0.2, 1.0)
     return (SimCLRViews(size, mean, std, crop_scale=scale, blur_p=1.0, solarize_p=0.0),
             SimCLRViews(size, mean, std, crop_scale=scale, blur_p=0.1, solarize_p=0.2))
 
@@ -74,13 +84,13 @@ class FinetuneViews:
     Not normalised: the Encoder that takes the batch normalises it, as it does the un-augmented images.
     """
 
-    size: int
+    size: Size
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         v = ops.random_resized_crop(ops.to_float(x), self.size, scale=(0.5, 1.0), generator=generator)
         return ops.random_hflip(v, 0.5, generator=generator)
 
 
-def finetune_views(size: int) -> FinetuneViews:
+def finetune_views(size: Size) -> FinetuneViews:
     """The fine-tuning transform."""
     return FinetuneViews(size)
