@@ -15,7 +15,7 @@ from .data import Dataset, DataSpec, load_data
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
-from .evaluate.report import PROTOCOLS
+from .evaluate.report import FINETUNE_START, PROTOCOLS
 from .evaluate.tuning import KNN_KS, L2_GRID
 from .evaluate.subsets import complement, eval_splits
 from .rundir import RunPaths, load_holdout, load_run
@@ -118,13 +118,18 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
                   pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
                   finetune_epochs=finetune_epochs, finetune_min_steps=budget["finetune_min_steps"],
                   finetune_max_steps=finetune_max_steps, knn_ks=list(KNN_KS), l2_grid=list(L2_GRID),
-                  validation="a seeded, class-balanced 20% of each labelled subset")
+                  validation="a seeded, class-balanced 20% of each labelled subset", finetune_start=FINETUNE_START)
     md = _markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))
     (run_path / "eval.md").write_text(md + "\n")
     result["markdown"] = md
     return result
+
+
+def _starts(starts: dict) -> str:
+    return "; ".join(f"{row} from {'its linear probe (LP-FT)' if v['probe'] else 'a fresh head'}, lr {v['lr']:g}"
+                     for row, v in starts.items())
 
 
 def _markdown_report(result: dict) -> str:
@@ -134,7 +139,8 @@ def _markdown_report(result: dict) -> str:
             f"device {result['device']}.\nkNN: cosine, T={result['temperature']}; k=200 is the literature's fixed "
             f"protocol (capped at the smallest class); tuned k from {result['knn_ks']} and the linear probe's L2 "
             f"from {result['l2_grid']} are chosen on {result['validation']}, the same rule for every row. "
-            f"Fine-tuning: {result['finetune_epochs']} epochs, at least {result['finetune_min_steps']} steps{cap}.")
+            f"Fine-tuning: {result['finetune_epochs']} epochs, at least {result['finetune_min_steps']} steps{cap}; "
+            f"{_starts(result['finetune_start'])}, each the start that validated better for it.")
     return head + "\n\n" + format_markdown(result)
 
 

@@ -225,6 +225,20 @@ def test_finetune_uses_augment_and_max_steps(digits):
     assert len(calls) == 7 and 0.0 <= acc <= 1.0
 
 
+def test_lp_ft_starts_where_the_linear_probe_ends(digits):
+    from selfsup.evaluate.linear import fit_linear
+
+    xtr, ytr, xte, yte = digits
+    enc = make_cnn(seed=1)  # untrained: its BatchNorm still holds the initial statistics
+    ref = copy.deepcopy(enc)
+    torch.optim.swa_utils.update_bn([xtr], ref)
+    probe = fit_linear(extract_features(ref, xtr, CPU), ytr, 10, 1e-3)
+    start = finetune(enc, xtr, ytr, xte, yte, 10, CPU, lr=1e-9, max_steps=1, probe_l2=1e-3)
+    fresh = finetune(enc, xtr, ytr, xte, yte, 10, CPU, lr=1e-9, max_steps=1, probe_l2=None)
+    assert start == pytest.approx(probe.accuracy(extract_features(ref, xte, CPU), yte), abs=0.02)
+    assert start > 0.8 and fresh < 0.3  # one (vanishing) step: the probe's accuracy, against chance
+
+
 # ---------------------------------------------------------------------------------------------- subsets
 def test_class_balanced_subset():
     labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 7)

@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning of a copy of an encoder plus a fresh linear head."""
+"""End-to-end fine-tuning of a copy of an encoder plus a linear head (LP-FT: the head starts as a linear probe)."""
 from __future__ import annotations
 
 import copy
@@ -11,14 +11,17 @@ from torch import nn
 from ..device import autocast
 from ..train.optim import build_optimizer, lr_at
 from .features import extract_features
+from .linear import fit_linear
+
+PROBE_SAMPLES = 10_000
 
 
 def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
              test_y: torch.Tensor, num_classes: int, device,
              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-             epochs: int = 10, batch_size: int = 256, lr: float = 0.05, weight_decay: float = 5e-4,
-             max_steps: int | None = None, min_steps: int = 0, seed: int = 0) -> float:
-    """Fine-tune ``copy.deepcopy(encoder)`` + a fresh ``nn.Linear(feature_dim, num_classes)``; return test accuracy.
+             epochs: int = 10, batch_size: int = 256, lr: float = 0.03, weight_decay: float = 5e-4,
+             max_steps: int | None = None, min_steps: int = 0, seed: int = 0, probe_l2: float | None = 1e-3) -> float:
+    """Fine-tune ``copy.deepcopy(encoder)`` + an ``nn.Linear(feature_dim, num_classes)`` head; return test accuracy.
 
     The encoder takes raw batches (it prepares them itself, see ``Encoder``). SGD (momentum 0.9, Nesterov),
     linear warmup (5% of steps) then cosine decay, cross-entropy, bf16 autocast on CUDA.
@@ -27,6 +30,14 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
     subset is a few steps an epoch) and ``max_steps`` caps it (CPU budget). Weight decay skips biases and
     norm parameters. The caller's encoder is never modified. From an untrained encoder this is supervised
     training from scratch.
+
+    LP-FT (Kumar et al. 2022): with ``probe_l2`` the head starts as a logistic regression with that penalty,
+    fitted on the copy's frozen features of the training batch, so fine-tuning starts where the linear probe
+    ends; a random head's large early gradients would distort the pretrained features first. Before that the
+    copy's BatchNorm statistics are re-estimated on the training images: an untrained network still holds the
+    initial (0, 1), and its eval-mode features would be a hundred times smaller than what training mode gives,
+    so a probe fitted on them would not fit the network it starts. ``probe_l2=None``: a fresh random head, the
+    better start for an untrained network (see ``report.FINETUNE_START``, chosen on validation data).
     """
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -39,6 +50,16 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
         for p in model.parameters():
             p.requires_grad_(True)
         head = nn.Linear(int(model.feature_dim), num_classes).to(device)
+        if probe_l2 is not None:  # on at most 10,000 samples: statistics and a starting point, not the result
+            some = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:PROBE_SAMPLES]
+            x_some = train_x[some.to(train_x.device)].to(device)
+            torch.optim.swa_utils.update_bn((x_some[i:i + 1024] for i in range(0, len(x_some), 1024)), model)
+            probe = fit_linear(extract_features(model, x_some, device), train_y[some.to(train_y.device)],
+                               num_classes, probe_l2)
+            with torch.no_grad():  # the probe's standardisation folded into the layer
+                w = probe.weight / probe.std
+                head.weight.copy_(w)
+                head.bias.copy_(probe.bias - (w * probe.mean).sum(1))
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         opt = build_optimizer("sgd", nn.ModuleList([model, head]), lr, weight_decay, nesterov=True)
