@@ -98,9 +98,9 @@ def run(cfg: Config, train, label: str) -> dict:
         "epoch_s_median": round(statistics.median(secs[1:] or secs), 3),
         "epoch_wall_s_median": round(statistics.median(walls[1:] or walls), 3),
         "epoch_s_first": secs[0],
-        "knn": table[(ours, 1.0)]["knn"], "linear": table[(ours, 1.0)]["linear"],
-        "linear_1pct": table[(ours, 0.01)]["linear"],
-        "baselines": {f"{k[0]}@{k[1]:g}": {"knn": v["knn"], "linear": v["linear"]}
+        "knn": table[(ours, 1.0)]["knn"], "knn_tuned": table[(ours, 1.0)].get("knn_tuned"),
+        "linear": table[(ours, 1.0)]["linear"], "linear_1pct": table[(ours, 0.01)]["linear"],
+        "baselines": {f"{k[0]}@{k[1]:g}": {"knn": v["knn"], "knn_tuned": v.get("knn_tuned"), "linear": v["linear"]}
                       for k, v in table.items() if k[0] != ours},
         "eval_markdown": res["markdown"],
     }

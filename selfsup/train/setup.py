@@ -88,11 +88,12 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
     if paths.last.exists():
         raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another --out")
-    full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels)
-    index = None if train is not None else new_holdout(cfg, full)
-    data, note = without_holdout(cfg, full, index, own_test=train is None and cfg.holdout > 0)
     if train is not None:
-        note = "given by the caller, used whole"
+        full, index, data, note = train, None, train, "given by the caller, used whole"
+    else:
+        full = load_data(cfg.data, "train", labels=cfg.labels)
+        index = new_holdout(cfg, full)
+        data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
     if len(data) < 2:
         raise SelfSupError(f"{cfg.data} has {len(data)} sample(s) for pretraining; it needs at least 2")
     cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
