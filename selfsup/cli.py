@@ -10,6 +10,7 @@ import dataclasses
 import sys
 
 from .config import Config
+from .distributed import launched_rank
 from .errors import SelfSupError
 from .methods import canonical_name, get_method, load_plugin, methods
 from .methods.hparams import describe_fields, field_types
@@ -97,6 +98,9 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
                    help="online kNN monitor every N epochs when labels exist (0: off; default: about 40 times a run)")
     g.add_argument("--save-every", type=int, help="also keep checkpoints/epoch_N.pt every N epochs (default 0: only last)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun: BatchNorm statistics over the global batch of every process (default: the "
+                        "method's; on for SimCLR)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -235,7 +239,8 @@ def _run(argv: list[str] | None) -> int:
     progress = False if getattr(args, "no_progress", False) else None
     if args.command == "pretrain":
         run_dir = api.pretrain(_config_from_args(args), resume=args.resume, progress=progress)
-        print(run_dir)
+        if launched_rank() == 0:  # under torchrun, one line from rank 0
+            print(run_dir)
     elif args.command == "eval":
         result = api.evaluate(args.run_dir, args.data, labels=args.labels, device=args.device, progress=progress,
                               **_eval_kwargs(args))

@@ -53,6 +53,7 @@ class Config:
     knn_every: int | None = None
     save_every: int = 0
     threads: int | None = None
+    sync_bn: bool | None = None  # several processes only: BatchNorm over the global batch (None: the method's)
     method_args: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -116,6 +117,7 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
     return dataclasses.replace(
         cfg, method=cls.name, optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps,
         backbone=cfg.backbone or cls.backbone_default or hw["backbone"], knn_every=knn_every,
+        sync_bn=cfg.sync_bn if cfg.sync_bn is not None else cls.sync_bn,
         lr=cfg.lr if cfg.lr is not None else scaled_lr(optimizer, defaults.lr, batch_size),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (defaults.weight_decay if defaults else 0.0),
         method_args=hparams_to_dict(hp))

@@ -20,7 +20,7 @@ from .data.types import DataSpec, image_spec
 from .errors import SelfSupError
 from .methods import Method, get_method, parse_hparams
 from .models.encoder import Encoder
-from .train.checkpoint import load_checkpoint
+from .train.checkpoint import load_checkpoint, unwrapped
 
 
 @dataclass
@@ -113,7 +113,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     cfg = Config.from_dict(ckpt["config"])
     spec = checkpoint_spec(ckpt)
     method = build_method(cfg, spec)
-    missing, unexpected = method.load_state_dict(ckpt["model"], strict=False)
+    missing, unexpected = method.load_state_dict(unwrapped(ckpt["model"]), strict=False)
     if missing or unexpected:
         raise SelfSupError(f"checkpoint {paths.last} does not match method {cfg.method}: missing "
                            f"{', '.join(missing[:3]) or 'nothing'}, unexpected {', '.join(unexpected[:3]) or 'nothing'} "

@@ -67,6 +67,11 @@ class Method(nn.Module):
     backbone_default: ClassVar[str | None] = None  # None: the hardware recipe's (small_cnn on CPU, resnet18 on GPU)
     optimizers: ClassVar[dict[str, OptimDefaults]] = {}  # optimizer -> defaults; the first is the default optimizer
     Hparams: ClassVar[type] = NoHparams
+    # On several processes (torchrun): whether BatchNorm outside EMA teachers normalises over the global batch
+    # (SimCLR's global BN; --sync-bn/--no-sync-bn overrides), and whether DDP must look for parameters a step
+    # leaves unused (slower; only for methods whose forward skips some trainable modules).
+    sync_bn: ClassVar[bool] = False
+    find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, spec: DataSpec, hp, backbone: str):
         """Build ``self.backbone`` (named `backbone`) for ``encoder_spec(spec)``; subclasses then add their heads."""

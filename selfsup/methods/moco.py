@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..distributed import gather_no_grad
+from ..distributed import gather_no_grad, shuffled_apply, world_size
 from ..errors import SelfSupError
 from ..losses import embedding_std, info_nce_logits, top1
 from ..models.heads import mlp_head
@@ -76,8 +76,9 @@ class MoCo(Method):
 
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch, and the shuffle of the keys' BatchNorm batches."""
+        # key_perm shuffles the global batch (every process's rows); under torchrun rank 0's is used everywhere.
         return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator),
-                "key_perm": torch.randperm(x.shape[0], generator=generator, device=x.device)}
+                "key_perm": torch.randperm(x.shape[0] * world_size(), generator=generator, device=x.device)}
 
     def describe(self):
         return f"queue of {self.queue.shape[0]} keys"
@@ -89,8 +90,12 @@ class MoCo(Method):
         Shuffle BN on one device (He et al. 2020, sec. 3.3): the batch is permuted and split into sub-batches,
         each through the encoder on its own, so BatchNorm normalises every key with the statistics of a random
         group, never those of the whole query batch; the statistics cannot tell the model which key is whose.
+        Under torchrun the shuffle spans every process (the reference's batch_shuffle_ddp): perm is over the
+        global batch and each process encodes a random part of it (see distributed.shuffled_apply).
         """
         splits = max(1, min(self.hp.key_bn_splits, x.shape[0] // 16))
+        if world_size() > 1:
+            return F.normalize(shuffled_apply(self.key_encoder, x, perm, splits).float(), dim=1)
         shuffled = torch.cat([self.key_encoder(chunk) for chunk in x[perm].chunk(splits)])
         k = torch.empty_like(shuffled)
         k[perm] = shuffled  # unshuffle
@@ -107,13 +112,17 @@ class MoCo(Method):
             logits_a, targets = info_nce_logits(q1, k2, queue, t)  # logits: B x (1+K)
             logits_b, _ = info_nce_logits(q2, k1, queue, t)
             loss = 0.5 * (F.cross_entropy(logits_a, targets) + F.cross_entropy(logits_b, targets))
-            new_keys = torch.cat([k1, k2])  # both keys, after both terms used the old queue
+            new_keys = torch.stack([k1, k2])  # both keys (2 x B x d), after both terms used the old queue
         else:
             q = self.projector(self.backbone(v1))
-            new_keys = self.keys(v2, perm)
-            logits_a, targets = info_nce_logits(q, new_keys, queue, t)
+            k = self.keys(v2, perm)
+            logits_a, targets = info_nce_logits(q, k, queue, t)
             loss = F.cross_entropy(logits_a, targets)
-        self.enqueue(gather_no_grad(new_keys))
+            new_keys = k[None]
+        # Keys of every process, in the order one process would enqueue the global batch: all k1, then all k2.
+        views, b, d = new_keys.shape
+        all_keys = gather_no_grad(new_keys.reshape(views * b, d)).view(-1, views, b, d)  # W x views x b x d
+        self.enqueue(all_keys.transpose(0, 1).reshape(-1, d))
         return loss, {"pos_acc": top1(logits_a, targets), "q_std": embedding_std(q)}
 
     @torch.no_grad()

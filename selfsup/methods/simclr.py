@@ -20,6 +20,7 @@ class SimCLR(Method):
 
     name = "simclr"
     paper = "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (ICML)"
+    sync_bn = True  # global BN (sec. 2.3): per-device statistics would leak which views are positives
     optimizers = {"lars": OptimDefaults(lr=0.3, weight_decay=1e-6),
                   "sgd": OptimDefaults(lr=0.06, weight_decay=5e-4),
                   "adamw": OptimDefaults(lr=1e-3, weight_decay=1e-6)}

@@ -85,3 +85,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def prefixed(state: dict, prefix: str) -> dict:
     """The entries of a state dict under `prefix.`, with the prefix removed."""
     return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def unwrapped(state: dict) -> dict:
+    """A state dict without DistributedDataParallel's `module.` (or torch.compile's `_orig_mod.`) prefixes, so a
+    model saved while wrapped loads into the bare method."""
+    for prefix in ("_orig_mod.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state

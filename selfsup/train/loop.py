@@ -13,11 +13,13 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import Dataset, spec_of
 from ..device import autocast, pick_device, use_bf16
+from ..distributed import mean_over_processes, rank, session, world_size
 from ..errors import SelfSupError
 from ..evaluate.subsets import stratified_holdout
 from ..rundir import RunPaths, build_method, checkpoint_spec
-from .setup import OpenRun, open_run, say_recipe
-from .checkpoint import CheckpointWriter
+from .parallel import check_identical, check_world, open_run_all, rank_seed, shard, sync_buffers, wrap
+from .setup import OpenRun, say_recipe
+from .checkpoint import CheckpointWriter, unwrapped
 from .logging import append_jsonl, plot_curves, truncate_epochs
 from .monitor import KNNMonitor
 from .optim import build_optimizer, lr_at
@@ -52,13 +54,14 @@ def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
 
     With resume=True the run continues from RUN_DIR/checkpoints/last.pt; cfg.epochs (if set) is the new total.
     `train` and `monitor` (bank, queries) may be given directly instead of loaded from cfg.data.
+    Under torchrun every process calls this; cfg.batch_size is the global batch (see train/parallel.py).
     """
-    device = pick_device(cfg.device)
-    run = open_run(cfg, resume, device, train)
-    try:
-        return _train(run, device, monitor, progress, on_epoch_end)
-    finally:
-        run.lock.release()
+    with session(pick_device(cfg.device)) as device:
+        run = open_run_all(cfg, resume, device, train)
+        try:
+            return _train(run, device, monitor, progress, on_epoch_end)
+        finally:
+            run.lock.release()
 
 
 def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] | None, progress: bool | None,
@@ -66,8 +69,10 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     cfg, paths, train, ckpt = run.cfg, run.paths, run.train, run.ckpt
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    n = len(train)
-    bs = min(cfg.batch_size, n)
+    bs = check_world(cfg, ckpt, len(train))  # this process's part of each global batch
+    lead, world = rank() == 0, world_size()  # rank 0 alone logs, plots, monitors and saves
+    mine = shard(len(train), _seed(cfg.seed, 0, 2))  # None on one process: all the data
+    n = len(train) if mine is None else len(mine)
     steps_per_epoch = n // bs
     spec = spec_of(train) if ckpt is None else checkpoint_spec(ckpt)
     if spec.kind != train.kind or tuple(train.x.shape[1:]) != spec.shape:
@@ -75,27 +80,30 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
 
     # channels_last pays on GPU and on CPU alike (measured 1.2-1.5x on the CPU's small CNN); 4-D weights only.
     method = build_method(cfg, spec).to(device).to(memory_format=torch.channels_last)
+    model = wrap(method, cfg, device)  # DistributedDataParallel on several processes, else the method itself
     optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
     start_epoch, step = 0, 0
     if ckpt is not None:
-        method.load_state_dict(ckpt["model"])
+        method.load_state_dict(unwrapped(ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        truncate_epochs(paths.metrics, start_epoch)  # records of epochs after the checkpoint are redone
-        _say(f"resuming {paths.root} at epoch {start_epoch}/{cfg.epochs}")
-    forward = torch.compile(method) if cfg.compile else method
+        if lead:
+            truncate_epochs(paths.metrics, start_epoch)  # records of epochs after the checkpoint are redone
+            _say(f"resuming {paths.root} at epoch {start_epoch}/{cfg.epochs}")
+    forward = torch.compile(model) if cfg.compile else model
     amp = use_bf16(cfg.precision, device)
 
-    data = train.x.to(device)  # the whole split on the device: a batch is an index, not a loader
+    # The whole split (this process's shard) on the device: a batch is an index, not a loader.
+    data = (train.x if mine is None else train.x[mine]).to(device)
     knn = None
-    if cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
+    if lead and cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
         knn = KNNMonitor(*(monitor or _default_monitor(cfg, train, device)), device=device)
-    if ckpt is None:
+    if ckpt is None and lead:
         monitor_note = (f"every {cfg.knn_every} epoch(s), k={knn.k}, bank {len(knn.bank)}, {len(knn.queries)} "
                         f"queries, all from the pretraining data" if knn else "off")
         say_recipe(run, spec.describe(), steps_per_epoch, method.describe(), monitor_note)
 
-    if ckpt is None and method.view_recipe is not None:
+    if ckpt is None and lead and method.view_recipe is not None:
         from ..views.preview import save_preview
 
         save_preview(train.x[:8], method.view_recipe, paths.plots / "views.png", mean=spec.mean, std=spec.std,
@@ -103,11 +111,11 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
 
     def snapshot(epoch: int, step: int) -> dict:
         return dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, step=step,
-                    config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name)
+                    config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name, world_size=world)
 
     total_steps = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = lead and (sys.stderr.isatty() if progress is None else progress)
     last_good = start_epoch
     writer = CheckpointWriter()
     last_plot = -math.inf
@@ -115,8 +123,9 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, 0))).to(device)
-            gen = torch.Generator(device=device).manual_seed(_seed(cfg.seed, epoch, 1))
+            order = torch.Generator().manual_seed(rank_seed(_seed(cfg.seed, epoch, 0)))
+            perm = torch.randperm(n, generator=order).to(device)
+            gen = torch.Generator(device=device).manual_seed(rank_seed(_seed(cfg.seed, epoch, 1)))
             loss_sum = torch.zeros((), device=device)
             log_sums: dict[str, torch.Tensor] = {}  # the method's logs, summed on the device (no sync per step)
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
@@ -139,17 +148,26 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
                     log_sums[k] = log_sums.get(k, 0.0) + v.detach().float()
                 step += 1
                 if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
-                    mean_loss = loss_sum.item() / (i + 1)  # NaN/inf stick in the sum, so checking it is enough
+                    # NaN/inf stick in the sum, so checking it is enough; every process sees the same mean
+                    mean_loss = mean_over_processes(loss_sum).item() / (i + 1)
                     if not math.isfinite(mean_loss):
                         _diverged(paths, epoch, step, last_good, mean_loss)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
                 bar.update(1)
             bar.close()
             seconds = time.perf_counter() - t0
-            record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss_sum.item() / steps_per_epoch, lr=lr,
-                          seconds=round(seconds, 3), images_per_s=round(steps_per_epoch * bs / seconds, 1))
+            loss = mean_over_processes(loss_sum).item() / steps_per_epoch
+            record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss, lr=lr, seconds=round(seconds, 3),
+                          images_per_s=round(steps_per_epoch * bs * world / seconds, 1))
             if log_sums:
-                record["logs"] = {k: float(v) / steps_per_epoch for k, v in log_sums.items()}
+                record["logs"] = {k: float(mean_over_processes(v)) / steps_per_epoch for k, v in log_sums.items()}
+            if world > 1:  # every process holds rank 0's weights, or the run stops here
+                sync_buffers(method)
+                record.update(processes=world, weights_sha256=check_identical(method))
+            if not lead:
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1)
+                continue
             if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
                 record.update(knn=knn(method.encoder()), knn_k=knn.k, knn_bank=len(knn.bank),
                               knn_queries=len(knn.queries))
@@ -169,7 +187,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
                  f"({record['images_per_s']:.0f} samples/s)")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
-        if ckpt is None and cfg.epochs == 0:  # --epochs 0 saves the untrained model (a baseline to evaluate)
+        if ckpt is None and cfg.epochs == 0 and lead:  # --epochs 0 saves the untrained model (a baseline)
             writer.save(snapshot(0, 0), paths.last)
     finally:
         writer.wait()  # the last checkpoint is on disk before we return or raise
@@ -177,7 +195,8 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
 
 
 def _diverged(paths: RunPaths, epoch: int, step: int, last_good: int, value: float) -> None:
-    append_jsonl(paths.metrics, dict(event="diverged", epoch=epoch + 1, step=step, loss=value))
+    if rank() == 0:
+        append_jsonl(paths.metrics, dict(event="diverged", epoch=epoch + 1, step=step, loss=value))
     where = f"{paths.last} (epoch {last_good})" if last_good > 0 else "none (no epoch had finished)"
     raise TrainingDiverged(f"loss became {value} in epoch {epoch + 1} (step {step}); training stopped. "
                            f"Last good checkpoint: {where}. Try a lower --lr.")
