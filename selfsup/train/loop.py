@@ -69,7 +69,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     cfg, paths, train, ckpt = run.cfg, run.paths, run.train, run.ckpt
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    bs = check_world(cfg, ckpt, len(train))  # this process's part of each global batch
+    bs = check_world(cfg, len(train))  # this process's part of each global batch
     lead, world = rank() == 0, world_size()  # rank 0 alone logs, plots, monitors and saves
     mine = shard(len(train), _seed(cfg.seed, 0, 2))  # None on one process: all the data
     n = len(train) if mine is None else len(mine)

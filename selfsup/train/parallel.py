@@ -29,6 +29,9 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
     data themselves. An error on rank 0 is raised, with the same one line, on every process."""
     if world_size() == 1:
         return open_run(cfg, resume, device, train)
+    if cfg.batch_size is not None and cfg.batch_size % world_size():  # checked again once resolved
+        raise SelfSupError(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple of the "
+                           f"{world_size()} processes")
     shared, run = None, None
     if rank() == 0:
         try:
@@ -56,16 +59,10 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
                    shared["ckpt"])
 
 
-def check_world(cfg: Config, ckpt: dict | None, n: int) -> int:
-    """This process's batch (the global cfg.batch_size over the processes); one-line errors for a batch that does
-    not divide, data too small for it, or a checkpoint written by another number of processes."""
+def check_world(cfg: Config, n: int) -> int:
+    """This process's batch: the global cfg.batch_size over the processes (a one-line error if it does not divide
+    or exceeds the n training samples)."""
     w = world_size()
-    if ckpt is not None and int(ckpt.get("world_size", 1)) != w:
-        was = int(ckpt.get("world_size", 1))
-        how = "one process (no torchrun)" if was == 1 else f"torchrun --nproc-per-node/--nnodes giving {was} processes"
-        raise SelfSupError(f"this run was trained on {was} process(es), not {w}: its data shards and random streams "
-                           f"depend on that number, so resume it with {how} (a checkpoint loads anywhere for eval "
-                           f"and embed)")
     if w == 1:
         return min(cfg.batch_size, n)
     if cfg.batch_size % w or cfg.batch_size > n:

@@ -17,6 +17,7 @@ import torch
 
 from ..config import Config, resolve, validate
 from ..data import Dataset, load_data
+from ..distributed import world_size
 from ..errors import SelfSupError
 from ..evaluate.subsets import complement, holdout_indices
 from ..rundir import RunLock, RunPaths, load_holdout, save_holdout
@@ -73,6 +74,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         try:
             cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
             ckpt = load_checkpoint(paths.last)
+            check_resume_world(ckpt)
             full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels)
             index = None if train is not None else load_holdout(paths, len(full))
             data, note = without_holdout(cfg, full, index, own_test=index is None and saved.holdout > 0)
@@ -106,6 +108,16 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         save_holdout(paths, cfg, len(full), index)
     cfg.save(paths.config)
     return OpenRun(cfg, paths, lock, data, note, None)
+
+
+def check_resume_world(ckpt: dict) -> None:
+    """A one-line error, before anything is written, when a run resumes on another number of processes."""
+    was, now = int(ckpt.get("world_size", 1)), world_size()
+    if was != now:
+        how = "one process (no torchrun)" if was == 1 else f"torchrun with {was} processes in all"
+        raise SelfSupError(f"this run was trained on {was} process(es), not {now}: its data shards and random streams "
+                           f"depend on that number, so resume it with {how} (its checkpoint loads anywhere for eval "
+                           f"and embed)")
 
 
 def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: str, monitor_note: str) -> None:

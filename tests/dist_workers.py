@@ -1,0 +1,135 @@
+"""Workers for tests/test_distributed.py, started by `torchrun` (gloo, CPU); also the shared test cases.
+
+`python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_workers.py CASE OUT [args]`:
+  losses OUT       one step (and a second one) of SimCLR and MoCo on this rank's slice of a fixed global batch,
+                   DDP-wrapped exactly as the training loop wraps them; writes OUT/rank{r}.pt
+  interrupt OUT    the pretraining of `pipeline_config(OUT)`, stopped after epoch 1 on every rank
+The same global batches and models are rebuilt in the test process, on one process, for the comparison.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from selfsup import Config
+from selfsup.data import image_spec
+from selfsup.methods.moco import MoCo
+from selfsup.methods.simclr import SimCLR
+
+B = 32  # the global batch; 16 per process on 2 (MoCo's key BatchNorm: 1 sub-batch of 16 each, 2 on one process)
+SPEC = image_spec((1, 8, 8), [0.5], [0.25])
+
+
+def build(name: str) -> torch.nn.Module:
+    """The same freshly initialised method on every process and in the test."""
+    torch.manual_seed(0)
+    if name == "simclr":
+        return SimCLR(SPEC, SimCLR.Hparams(proj_hidden=32, proj_dim=8), "small_cnn")
+    return MoCo(SPEC, MoCo.Hparams(proj_hidden=32, proj_dim=8, queue_size=96, momentum=0.9), "small_cnn")
+
+
+def global_batches(name: str, steps: int = 2) -> list[dict[str, torch.Tensor]]:
+    """Fixed global batches of B view pairs (and MoCo's key shuffle over the global batch), one per step."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(steps):
+        v1, v2 = torch.randn(B, 1, 8, 8, generator=g), torch.randn(B, 1, 8, 8, generator=g)
+        batch = {"v1": v1, "v2": v2}
+        if name == "moco":
+            # a shuffle that certainly mixes the two halves: every process's BatchNorm group holds both ranks' rows
+            batch["key_perm"] = torch.randperm(B, generator=g)
+        out.append(batch)
+    return out
+
+
+def local(batch: dict, r: int, w: int) -> dict:
+    """Process r's rows of a global batch (the key shuffle stays global)."""
+    b = B // w
+    return {k: (v if k == "key_perm" else v[r * b:(r + 1) * b].clone()) for k, v in batch.items()}
+
+
+def run_steps(model: torch.nn.Module, method: torch.nn.Module, batches: list[dict], r: int, w: int) -> dict:
+    """SGD steps; per step the state before it, the (global mean) loss, every trainable parameter's gradient and
+    MoCo's queue after it; plus what the key encoder's first layer saw."""
+    from selfsup.distributed import mean_over_processes
+    from selfsup.train.parallel import sync_buffers
+
+    seen = []
+    if isinstance(method, MoCo):
+        method.key_encoder.net.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    record = dict(loss=[], grads=[], queue=[], queue_ptr=[], before=[])
+    for batch in batches:
+        record["before"].append({k: v.clone() for k, v in method.state_dict().items()})
+        loss, _ = model(local(batch, r, w))
+        opt.zero_grad()
+        loss.backward()
+        record["loss"].append(mean_over_processes(loss.detach()))
+        record["grads"].append({n: p.grad.clone() for n, p in method.named_parameters() if p.requires_grad})
+        opt.step()
+        method.on_step_end(len(record["loss"]) - 1, 10)
+        if isinstance(method, MoCo):
+            record["queue"].append(method.queue.clone())
+            record["queue_ptr"].append(int(method.queue_ptr))
+    record["key_inputs"] = seen
+    sync_buffers(method)  # as the loop does each epoch: per-process BatchNorm statistics (MoCo's keys) from rank 0
+    record["state"] = {k: v.clone() for k, v in method.state_dict().items()}
+    return record
+
+
+def losses(out: Path) -> None:
+    from selfsup.distributed import rank, session, world_size
+    from selfsup.train.parallel import wrap
+
+    with session(torch.device("cpu")):
+        r, w = rank(), world_size()
+        result = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name in ("simclr", "moco"):
+                method = build(name)
+                model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
+                result[name] = run_steps(model, method, global_batches(name), r, w)
+            # the loss function alone: NT-Xent on leaf embeddings, this rank's rows of a fixed global batch
+            from selfsup.losses import nt_xent
+
+            z = torch.randn(2, B, 8, generator=torch.Generator().manual_seed(2))
+            b = B // w
+            z1 = z[0, r * b:(r + 1) * b].clone().requires_grad_(True)
+            z2 = z[1, r * b:(r + 1) * b].clone().requires_grad_(True)
+            nt_xent(z1, z2, 0.3).backward()
+            result["nt_xent_grads"] = (z1.grad, z2.grad)
+        result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
+        result["moco_modules"] = [type(m).__name__ for m in method.modules()]
+        torch.save(result, out / f"rank{r}.pt")
+
+
+def pipeline_config(out: Path, **kw) -> Config:
+    """The short MoCo pretraining every pipeline test runs (2 epochs of 19 steps of 64 on digits)."""
+    return Config(method="moco", data="digits", out=str(out), device="cpu", epochs=2, batch_size=64, knn_every=1,
+                  method_args=dict(proj_hidden=64, proj_dim=16), **kw)
+
+
+def interrupt(out: Path) -> None:
+    from selfsup import pretrain
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int) -> None:
+        if epoch == 1:
+            raise Stop
+
+    try:
+        pretrain(pipeline_config(out), progress=False, on_epoch_end=stop)
+    except Stop:
+        return
+    raise SystemExit("the run did not stop after epoch 1")
+
+
+if __name__ == "__main__":
+    case, where = sys.argv[1], Path(sys.argv[2])
+    {"losses": losses, "interrupt": interrupt}[case](where)

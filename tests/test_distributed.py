@@ -1,0 +1,170 @@
+"""torchrun + DDP on CPU (gloo, 2 processes): global-batch losses and gradients equal one process's, MoCo's
+queue and cross-process key shuffle, bit-identical weights on both ranks, exact resume, checkpoints that load
+in one process. Each torchrun start takes a free port (--standalone) and a timeout, so nothing can hang."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dist_workers as W
+from selfsup import SelfSupError, evaluate, pretrain
+from selfsup.cli import main
+from selfsup.distributed import state_digest
+from selfsup.rundir import load_run
+from selfsup.train.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 240
+
+
+def torchrun(*args, procs: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node procs ARGS` on the CPU, with this checkout first on the path."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", GLOO_SOCKET_IFNAME="lo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+           *map(str, args)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def two_rank_steps(tmp_path_factory):
+    """Both ranks' records of two steps of SimCLR and MoCo (tests/dist_workers.py losses)."""
+    out = tmp_path_factory.mktemp("losses")
+    torchrun(ROOT / "tests" / "dist_workers.py", "losses", out)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def one_process(name: str, state: dict | None = None, steps=slice(None)) -> dict:
+    """One process's record of the same steps on the global batches (from `state` when given)."""
+    method = W.build(name)
+    if state is not None:
+        method.load_state_dict(state)
+    return W.run_steps(method, method, W.global_batches(name)[steps], 0, 1)
+
+
+def assert_same_step(rec: dict, ref: dict, step: int, ref_step: int, what: str) -> None:
+    torch.testing.assert_close(rec["loss"][step], ref["loss"][ref_step], rtol=1e-5, atol=0, msg=what)
+    assert rec["grads"][step].keys() == ref["grads"][ref_step].keys()
+    for p, g in ref["grads"][ref_step].items():  # float rounding differs (sums in another order): 1e-5 of the scale
+        torch.testing.assert_close(rec["grads"][step][p], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()),
+                                   msg=f"{what}: {p}")
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco"])
+def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_batch(two_rank_steps, name):
+    ref = one_process(name)
+    for r, rec in enumerate(two_rank_steps):
+        assert_same_step(rec[name], ref, 0, 0, f"rank {r}, first step")
+    # The second step from the state the two processes reached (the same on both), after an optimizer step, an
+    # EMA update and, for MoCo, a queue refilled with both ranks' keys. Started from one process's own state
+    # instead, the first step's float rounding (~1e-6 in the weights) grew to ~1e-4 in MoCo's first-layer
+    # gradients (measured; most likely ReLUs flipping), too much for a tight tolerance.
+    ref = one_process(name, two_rank_steps[0][name]["before"][1], slice(1, 2))
+    for r, rec in enumerate(two_rank_steps):
+        assert_same_step(rec[name], ref, 1, 0, f"rank {r}, second step")
+
+
+def test_nt_xent_gradient_through_the_gather_sums_over_processes(two_rank_steps):
+    z = torch.randn(2, W.B, 8, generator=torch.Generator().manual_seed(2))
+    z1, z2 = z[0].clone().requires_grad_(True), z[1].clone().requires_grad_(True)
+    from selfsup.losses import nt_xent
+
+    nt_xent(z1, z2, 0.3).backward()
+    b = W.B // 2
+    for r, rec in enumerate(two_rank_steps):
+        g1, g2 = rec["nt_xent_grads"]
+        # rank r's mean over its b anchors is 2x the global mean's share; DDP's average divides by 2 again
+        torch.testing.assert_close(g1 / 2, z1.grad[r * b:(r + 1) * b], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(g2 / 2, z2.grad[r * b:(r + 1) * b], rtol=1e-5, atol=1e-7)
+
+
+def test_distributed_steps_raise_no_warnings_and_keep_the_ranks_identical(two_rank_steps):
+    assert two_rank_steps[0]["warnings"] == [] and two_rank_steps[1]["warnings"] == []
+    for name in ("simclr", "moco"):
+        a, b = two_rank_steps[0][name]["state"], two_rank_steps[1][name]["state"]
+        assert state_digest(a) == state_digest(b), name
+    # the query encoder's BatchNorm is global, the key encoder (an EMA teacher) keeps its own per-process one
+    assert "GlobalBatchNorm" in two_rank_steps[0]["moco_modules"]
+    assert "BatchNorm2d" in two_rank_steps[0]["moco_modules"]
+
+
+def test_moco_queue_holds_both_ranks_keys_in_one_process_order(two_rank_steps):
+    ref = one_process("moco")
+    for rec in two_rank_steps:
+        rec = rec["moco"]
+        assert rec["queue_ptr"] == ref["queue_ptr"] == [2 * W.B, (4 * W.B) % 96]
+        for step in range(2):  # k1 of every sample in global order (rank 0's rows, then rank 1's), then every k2
+            torch.testing.assert_close(rec["queue"][step], ref["queue"][step], rtol=1e-4, atol=1e-5)
+
+
+def test_moco_key_encoder_batchnorm_saw_a_batch_shuffled_across_processes(two_rank_steps):
+    batch = W.global_batches("moco")[0]
+    perm, b = batch["key_perm"], W.B // 2
+    for r, rec in enumerate(two_rank_steps):
+        seen = rec["moco"]["key_inputs"][0]  # rank r's first key sub-batch (view 1 of step 1)
+        rows = perm[r * b:(r + 1) * b]
+        torch.testing.assert_close(seen, batch["v1"][rows])  # its part of the globally shuffled batch
+        assert (rows < b).any() and (rows >= b).any()  # it held samples of both processes
+        assert not torch.equal(seen, batch["v1"][r * b:(r + 1) * b])  # not its own slice
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-process MoCo run through `torchrun -m selfsup pretrain`, and the same run interrupted after epoch 1
+    (by tests/dist_workers.py interrupt) and resumed through the CLI."""
+    root = tmp_path_factory.mktemp("runs")
+    full, resumed = root / "full", root / "resumed"
+    torchrun("-m", "selfsup", "pretrain", "--method", "moco", "--data", "digits", "--out", full, "--device", "cpu",
+             "--epochs", 2, "--batch-size", 64, "--proj-hidden", 64, "--proj-dim", 16, "--knn-every", 1,
+             "--no-progress")
+    torchrun(ROOT / "tests" / "dist_workers.py", "interrupt", resumed)
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["epoch"] == 1
+    torchrun("-m", "selfsup", "pretrain", "--resume", "--out", resumed, "--no-progress")
+    return full, resumed
+
+
+def test_two_process_pretraining_ends_bit_identical_on_both_ranks_and_resumes_exactly(runs):
+    full, resumed = runs
+    recs = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2] and all(r["processes"] == 2 for r in recs)
+    ckpt = load_checkpoint(full / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["config"]["batch_size"] == 64
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    rank0, rank1 = recs[-1]["weights_sha256"]
+    assert rank0 == rank1 == state_digest(ckpt["model"])  # both ranks held exactly the weights rank 0 saved
+    again = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert again["epoch"] == 2 and state_digest(again["model"]) == state_digest(ckpt["model"])
+    assert [json.loads(line)["loss"] for line in (resumed / "metrics.jsonl").read_text().splitlines()] == \
+        [r["loss"] for r in recs]
+
+
+def test_a_two_process_checkpoint_evaluates_embeds_and_trains_in_one_process(runs, tmp_path, capsys):
+    full, _ = runs
+    result = evaluate(full, fractions=(1.0,), protocols=("knn",), baselines=False, device="cpu", progress=False)
+    assert result["pretrain_epochs"] == 2 and result["results"][0]["knn"] > 0.5  # digits: 10 classes
+    code = main(["embed", str(full), "--data", "digits", "--split", "test", "--out", str(tmp_path / "f.npy"),
+                 "--device", "cpu"])
+    assert code == 0
+    run = load_run(full)  # further training in one process: the method takes a step from the loaded weights
+    method = run.method.train()
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    loss, _ = method(method.make_batch(x, torch.Generator().manual_seed(0)))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in method.backbone.parameters())
+    assert state_digest(before) == state_digest(load_checkpoint(full / "checkpoints" / "last.pt")["model"])
+
+
+def test_resume_with_another_number_of_processes_is_a_one_line_error(runs, capsys):
+    full, _ = runs
+    code = main(["pretrain", "--resume", "--out", str(full), "--epochs", "3", "--no-progress"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(err) == 1 and "trained on 2 process(es), not 1" in err[0], err
+    with pytest.raises(SelfSupError, match="resume it with torchrun"):
+        pretrain(W.pipeline_config(full, epochs=3), resume=True, progress=False)
