@@ -1,21 +1,26 @@
-"""Workers for tests/test_distributed.py, started by `torchrun` (gloo, CPU); also the shared test cases.
+"""Workers for tests/test_distributed.py, and the test cases they share with it.
 
-`python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_workers.py CASE OUT [args]`:
-  losses OUT       one step (and a second one) of SimCLR and MoCo on this rank's slice of a fixed global batch,
-                   DDP-wrapped exactly as the training loop wraps them; writes OUT/rank{r}.pt
-  interrupt OUT    the pretraining of `pipeline_config(OUT)`, stopped after epoch 1 on every rank
+`spawn(case, out)` forks 2 processes from the test process (forked, they import nothing again: on a loaded
+2-core machine each fresh interpreter costs seconds) that join a gloo process group through a file store in
+`out` (no network port to collide) and run one case:
+  losses     one step, then a second, of SimCLR and MoCo on this rank's slice of fixed global batches,
+             DDP-wrapped exactly as the training loop wraps them; writes out/rank{r}.pt
+  interrupt  the pretraining of `pipeline_config`, stopped after epoch 1 on every rank, then resumed to the end
 The same global batches and models are rebuilt in the test process, on one process, for the comparison.
 """
 from __future__ import annotations
 
-import sys
+import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from selfsup import Config
-from selfsup.data import image_spec
+from selfsup.data import image_spec, load_data
 from selfsup.methods.moco import MoCo
 from selfsup.methods.simclr import SimCLR
 
@@ -39,7 +44,6 @@ def global_batches(name: str, steps: int = 2) -> list[dict[str, torch.Tensor]]:
         v1, v2 = torch.randn(B, 1, 8, 8, generator=g), torch.randn(B, 1, 8, 8, generator=g)
         batch = {"v1": v1, "v2": v2}
         if name == "moco":
-            # a shuffle that certainly mixes the two halves: every process's BatchNorm group holds both ranks' rows
             batch["key_perm"] = torch.randperm(B, generator=g)
         out.append(batch)
     return out
@@ -81,39 +85,48 @@ def run_steps(model: torch.nn.Module, method: torch.nn.Module, batches: list[dic
 
 
 def losses(out: Path) -> None:
-    from selfsup.distributed import rank, session, world_size
+    from selfsup.distributed import rank, world_size
+    from selfsup.losses import nt_xent
     from selfsup.train.parallel import wrap
 
-    with session(torch.device("cpu")):
-        r, w = rank(), world_size()
-        result = {}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for name in ("simclr", "moco"):
-                method = build(name)
-                model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
-                result[name] = run_steps(model, method, global_batches(name), r, w)
-            # the loss function alone: NT-Xent on leaf embeddings, this rank's rows of a fixed global batch
-            from selfsup.losses import nt_xent
-
-            z = torch.randn(2, B, 8, generator=torch.Generator().manual_seed(2))
-            b = B // w
-            z1 = z[0, r * b:(r + 1) * b].clone().requires_grad_(True)
-            z2 = z[1, r * b:(r + 1) * b].clone().requires_grad_(True)
-            nt_xent(z1, z2, 0.3).backward()
-            result["nt_xent_grads"] = (z1.grad, z2.grad)
-        result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
-        result["moco_modules"] = [type(m).__name__ for m in method.modules()]
-        torch.save(result, out / f"rank{r}.pt")
+    r, w = rank(), world_size()
+    result = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in ("simclr", "moco"):
+            method = build(name)
+            model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
+            result[name] = run_steps(model, method, global_batches(name), r, w)
+        # the loss function alone: NT-Xent on leaf embeddings, this rank's rows of a fixed global batch
+        z = torch.randn(2, B, 8, generator=torch.Generator().manual_seed(2))
+        b = B // w
+        z1 = z[0, r * b:(r + 1) * b].clone().requires_grad_(True)
+        z2 = z[1, r * b:(r + 1) * b].clone().requires_grad_(True)
+        nt_xent(z1, z2, 0.3).backward()
+        result["nt_xent_grads"] = (z1.grad, z2.grad)
+    result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
+    result["moco_modules"] = [type(m).__name__ for m in method.modules()]
+    torch.save(result, out / f"rank{r}.pt")
 
 
-def pipeline_config(out: Path, **kw) -> Config:
-    """The short MoCo pretraining every pipeline test runs (2 epochs of 19 steps of 64 on digits)."""
-    return Config(method="moco", data="digits", out=str(out), device="cpu", epochs=2, batch_size=64, knn_every=1,
-                  method_args=dict(proj_hidden=64, proj_dim=16), **kw)
+def small_digits(folder: Path) -> tuple[Path, Path]:
+    """The first 256 training digits as images.npy (N x 8 x 8 uint8) and labels.npy: short epochs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = load_data("digits", "train")
+    np.save(folder / "images.npy", train.x[:256, 0].numpy())
+    np.save(folder / "labels.npy", train.labels[:256].numpy())
+    return folder / "images.npy", folder / "labels.npy"
 
 
-def interrupt(out: Path) -> None:
+# The short MoCo pretraining of the pipeline tests: 204 samples (20% held out), 6 steps of 32 an epoch.
+PIPELINE = dict(method="moco", epochs=2, batch_size=32, knn_every=1, method_args=dict(proj_hidden=64, proj_dim=16))
+
+
+def pipeline_config(out: Path, data: Path, labels: Path, **kw) -> Config:
+    return Config(**{**PIPELINE, **kw}, data=str(data), labels=str(labels), out=str(out), device="cpu")
+
+
+def interrupt(out: Path, data: Path, labels: Path) -> None:
     from selfsup import pretrain
 
     class Stop(Exception):
@@ -124,12 +137,35 @@ def interrupt(out: Path) -> None:
             raise Stop
 
     try:
-        pretrain(pipeline_config(out), progress=False, on_epoch_end=stop)
+        pretrain(pipeline_config(out, data, labels), progress=False, on_epoch_end=stop)
+        raise SystemExit("the run did not stop after epoch 1")
     except Stop:
-        return
-    raise SystemExit("the run did not stop after epoch 1")
+        pass
+    pretrain(Config(out=str(out)), resume=True, progress=False)
 
 
-if __name__ == "__main__":
-    case, where = sys.argv[1], Path(sys.argv[2])
-    {"losses": losses, "interrupt": interrupt}[case](where)
+def _entry(r: int, w: int, case: str, store: str, args: tuple) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(r), WORLD_SIZE=str(w), LOCAL_RANK=str(r))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=w)
+    try:
+        {"losses": losses, "interrupt": interrupt}[case](*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(case: str, store: Path, *args, procs: int = 2, timeout: float = 240) -> None:
+    """Run `case(*args)` on `procs` forked processes in one gloo group; raise if any fails or time runs out."""
+    ctx = mp.start_processes(_entry, args=(procs, case, str(store), args), nprocs=procs, join=False,
+                             start_method="fork")
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{case} on {procs} processes did not finish in {timeout:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
