@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 
 from selfsup import Config
 from selfsup.data import image_spec, load_data
+from selfsup.methods.autoencoder import Autoencoder
 from selfsup.methods.moco import MoCo
 from selfsup.methods.simclr import SimCLR
 
@@ -33,6 +34,8 @@ def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "simclr":
         return SimCLR(SPEC, SimCLR.Hparams(proj_hidden=32, proj_dim=8), "small_cnn")
+    if name == "autoencoder":
+        return Autoencoder(SPEC, Autoencoder.Hparams(), "mlp")
     return MoCo(SPEC, MoCo.Hparams(proj_hidden=32, proj_dim=8, queue_size=96, momentum=0.9), "small_cnn")
 
 
@@ -41,6 +44,9 @@ def global_batches(name: str, steps: int = 2) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(steps):
+        if name == "autoencoder":
+            out.append({"x": torch.rand(B, 1, 8, 8, generator=g)})
+            continue
         v1, v2 = torch.randn(B, 1, 8, 8, generator=g), torch.randn(B, 1, 8, 8, generator=g)
         batch = {"v1": v1, "v2": v2}
         if name == "moco":
@@ -93,10 +99,12 @@ def losses(out: Path) -> None:
     result = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for name in ("simclr", "moco"):
+        for name in ("simclr", "moco", "autoencoder"):
             method = build(name)
             model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
             result[name] = run_steps(model, method, global_batches(name), r, w)
+            if name == "moco":
+                result["moco_modules"] = [type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__]
         # the loss function alone: NT-Xent on leaf embeddings, this rank's rows of a fixed global batch
         z = torch.randn(2, B, 8, generator=torch.Generator().manual_seed(2))
         b = B // w
@@ -105,7 +113,6 @@ def losses(out: Path) -> None:
         nt_xent(z1, z2, 0.3).backward()
         result["nt_xent_grads"] = (z1.grad, z2.grad)
     result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
-    result["moco_modules"] = [type(m).__name__ for m in method.modules()]
     torch.save(result, out / f"rank{r}.pt")
 
 

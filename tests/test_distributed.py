@@ -56,7 +56,7 @@ def assert_same_step(rec: dict, ref: dict, step: int, ref_step: int, what: str) 
                                    msg=f"{what}: {p}")
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco"])
+@pytest.mark.parametrize("name", ["simclr", "moco", "autoencoder"])
 def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_batch(two_rank_steps, name):
     ref = one_process(name)
     for r, rec in enumerate(two_rank_steps):
@@ -86,7 +86,7 @@ def test_nt_xent_gradient_through_the_gather_sums_over_processes(two_rank_steps)
 
 def test_distributed_steps_raise_no_warnings_and_keep_the_ranks_identical(two_rank_steps):
     assert two_rank_steps[0]["warnings"] == [] and two_rank_steps[1]["warnings"] == []
-    for name in ("simclr", "moco"):
+    for name in ("simclr", "moco", "autoencoder"):
         a, b = two_rank_steps[0][name]["state"], two_rank_steps[1][name]["state"]
         assert state_digest(a) == state_digest(b), name
     # the query encoder's BatchNorm is global, the key encoder (an EMA teacher) keeps its own per-process one
@@ -169,3 +169,25 @@ def test_resume_with_another_number_of_processes_is_a_one_line_error(runs, capsy
     with pytest.raises(SelfSupError, match="resume it with torchrun"):
         pretrain(Config(out=str(full), epochs=3), resume=True, progress=False)
     assert "epochs: 2" in (full / "config.yaml").read_text()  # refused before anything was written
+
+
+def test_global_batchnorm_converts_in_place_keeps_names_and_skips_ema_teachers():
+    from selfsup.methods import EMATeacher
+    from selfsup.models.global_bn import GlobalBatchNorm, convert_batchnorm
+
+    method = W.build("moco")
+    params = {n: p for n, p in method.named_parameters()}
+    plain = {k: v.clone() for k, v in method.state_dict().items()}
+    convert_batchnorm(method, torch.device("cpu"), skip=(EMATeacher,))
+    kinds = {n: type(m).__name__ for n, m in method.named_modules()}
+    assert kinds["backbone.features.0.1"] == "GlobalBatchNorm" and kinds["projector.1"] == "GlobalBatchNorm"
+    assert kinds["key_encoder.net.0.features.0.1"] == "BatchNorm2d"  # the teacher keeps per-process BN
+    assert all(p is params[n] for n, p in method.named_parameters())  # the optimizer's and EMA's tensors
+    fresh = W.build("moco")
+    fresh.load_state_dict(method.state_dict(), strict=True)  # checkpoint names unchanged
+    assert state_digest(fresh) == state_digest(plain)
+    bn = torch.nn.BatchNorm2d(4).train()
+    gbn = GlobalBatchNorm.from_batchnorm(torch.nn.BatchNorm2d(4)).train()
+    x = torch.randn(8, 4, 3, 3)
+    torch.testing.assert_close(gbn(x), bn(x))  # one process: exactly BatchNorm
+    torch.testing.assert_close(gbn.running_var, bn.running_var)
