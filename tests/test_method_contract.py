@@ -157,7 +157,12 @@ def test_builtin_methods_give_their_recorded_per_step_losses(tmp_path, monkeypat
     pretrain(Config(**fixture["settings"], method=method, backbone=backbone, method_args=case,
                     out=str(tmp_path / name)), progress=False)
     expected = fixture["losses"][name]["values"]
-    np.testing.assert_allclose(losses[:fixture["steps"]], expected, rtol=1e-6, atol=0)
+    # Recorded on an AMD EPYC. Another CPU's kernels sum in another order: on an Intel Xeon the first steps
+    # agree to 1e-6, and training amplifies the rounding to 4e-5 (SimCLR) and 1.6e-3 (MoCo, whose BatchNorm
+    # sees sub-batches of 16) relative by step 20. A changed method (views, loss, init, schedule) moves the
+    # first losses by far more than 1e-5, so the first steps are held tight and the rest within 1%.
+    np.testing.assert_allclose(losses[:3], expected[:3], rtol=1e-5, atol=0)
+    np.testing.assert_allclose(losses[:fixture["steps"]], expected, rtol=1e-2, atol=0)
 
 
 def test_misspelled_setting_is_a_one_line_error_naming_the_nearest(tmp_path, capsys):
