@@ -116,7 +116,7 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
     return dataclasses.replace(
         cfg, method=cls.name, optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps,
         backbone=cfg.backbone or cls.backbone_default or hw["backbone"], knn_every=knn_every,
-        lr=cfg.lr if cfg.lr is not None else scaled_lr(optimizer, defaults.lr, batch_size),
+        lr=cfg.lr if cfg.lr is not None else scaled_lr(optimizer, defaults.lr, batch_size, defaults.per_256),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (defaults.weight_decay if defaults else 0.0),
         method_args=hparams_to_dict(hp))
 
