@@ -209,7 +209,8 @@ def describe_methods(name: str | None = None) -> str:
     blocks = []
     for key, cls in chosen.items():
         aliases = f" (also {', '.join(cls.aliases)})" if cls.aliases else ""
-        opts = ", ".join(f"{o} lr {d.lr:g} wd {d.weight_decay:g}" for o, d in cls.optimizers.items())
+        opts = ", ".join(f"{o} lr {d.lr:g}{' per 256 samples' if d.per_256 else ''} wd {d.weight_decay:g}"
+                         f"{f' betas {d.betas}' if d.betas else ''}" for o, d in cls.optimizers.items())
         lines = [f"{key}{aliases}: {cls.paper}",
                  f"  data: {cls.modality}   backbone: {cls.backbone_default or 'small_cnn on CPU, resnet18 on GPU'}",
                  f"  optimizers (first is the default; sgd/lars lr per 256 samples): {opts}"]

@@ -118,7 +118,7 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
         cfg, method=cls.name, optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps,
         backbone=cfg.backbone or cls.backbone_default or hw["backbone"], knn_every=knn_every,
         sync_bn=cfg.sync_bn if cfg.sync_bn is not None else cls.sync_bn,
-        lr=cfg.lr if cfg.lr is not None else scaled_lr(optimizer, defaults.lr, batch_size),
+        lr=cfg.lr if cfg.lr is not None else scaled_lr(optimizer, defaults.lr, batch_size, defaults.per_256),
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else (defaults.weight_decay if defaults else 0.0),
         method_args=hparams_to_dict(hp))
 

@@ -9,6 +9,13 @@ from .base import Method, OptimDefaults
 from .registry import register
 
 
+def build_decoder(backbone, out_shape):
+    """The decoder that mirrors `backbone`: the MLP one for the reference MLP encoder, else transposed convs.
+    Shared by every pixel-reconstruction method (autoencoder, denoising autoencoder, inpainting)."""
+    decoder = MLPDecoder if isinstance(backbone, MLPEncoder) else ConvDecoder
+    return decoder(backbone.feature_dim, out_shape)
+
+
 @register
 class Autoencoder(Method):
     """backbone (encoder) + decoder + MSE; the decoder mirrors the MLP encoder or is a transposed-conv net."""
@@ -21,8 +28,7 @@ class Autoencoder(Method):
 
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
-        decoder = MLPDecoder if isinstance(self.backbone, MLPEncoder) else ConvDecoder
-        self.decoder = decoder(self.backbone.feature_dim, spec.shape)
+        self.decoder = build_decoder(self.backbone, spec.shape)
 
     def make_batch(self, x, generator):
         """The un-augmented image in [0,1]: both the input and the target."""
@@ -30,5 +36,8 @@ class Autoencoder(Method):
 
     def forward(self, batch):
         x01 = batch["x"]
-        recon = self.decoder(self.backbone(normalize(x01, self.spec.mean, self.spec.std)))  # recon: B x C x H x W
-        return reconstruction_mse(recon, x01), {}
+        return reconstruction_mse(self.reconstruct(x01), x01), {}
+
+    def reconstruct(self, x01):
+        """Decoded image in [0, 1] (B x C x H x W) from an input in [0, 1] (normalised before the encoder)."""
+        return self.decoder(self.backbone(normalize(x01, self.spec.mean, self.spec.std)))

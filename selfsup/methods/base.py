@@ -44,11 +44,14 @@ class OptimDefaults:
     """A method's default learning rate and weight decay for one optimizer.
 
     For optimizers that follow the linear scaling rule (sgd, lars) `lr` is per 256 samples and scaled by
-    batch_size / 256; for adamw it is used as is.
+    batch_size / 256; for adamw it is used as is, unless `per_256` says otherwise (MAE's base lr is per 256).
+    `betas`: AdamW's (beta1, beta2) when the method's paper sets them (None: PyTorch's (0.9, 0.999)).
     """
 
     lr: float
     weight_decay: float
+    betas: tuple[float, float] | None = None
+    per_256: bool | None = None  # None: the optimizer's own rule
 
 
 @dataclass

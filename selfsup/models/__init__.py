@@ -1,5 +1,6 @@
 """Backbones (batch -> feature vector, and feature maps / tokens where they have them), heads, the Encoder."""
 from .backbones import BACKBONES, build_backbone, register_backbone
+from . import vit  # noqa: F401  (registers --backbone vit)
 from .encoder import Encoder
 from .heads import mlp_head
 

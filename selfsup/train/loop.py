@@ -81,7 +81,9 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     # channels_last pays on GPU and on CPU alike (measured 1.2-1.5x on the CPU's small CNN); 4-D weights only.
     method = build_method(cfg, spec).to(device).to(memory_format=torch.channels_last)
     model = wrap(method, cfg, device)  # DistributedDataParallel on several processes, else the method itself
-    optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay)
+    defaults = type(method).optimizers.get(cfg.optimizer)  # a method's paper may set AdamW's betas (MAE)
+    optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay,
+                                betas=defaults.betas if defaults else None)
     start_epoch, step = 0, 0
     if ckpt is not None:
         method.load_state_dict(unwrapped(ckpt["model"]))

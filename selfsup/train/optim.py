@@ -66,16 +66,21 @@ OPTIMIZERS = {
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9,
-                    nesterov: bool = False):
-    """An optimizer by name over the model's trainable parameters (`nesterov` applies to SGD)."""
+                    nesterov: bool = False, betas: tuple[float, float] | None = None):
+    """An optimizer by name over the model's trainable parameters (`nesterov` applies to SGD, `betas` to AdamW)."""
     if name not in OPTIMIZERS:
         raise SelfSupError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name][0](param_groups(model, weight_decay), lr, momentum, nesterov)
+    opt = OPTIMIZERS[name][0](param_groups(model, weight_decay), lr, momentum, nesterov)
+    if betas is not None and name == "adamw":
+        for g in opt.param_groups:
+            g["betas"] = tuple(betas)
+    return opt
 
 
-def scaled_lr(name: str, base_lr: float, batch_size: int) -> float:
-    """A default learning rate for `batch_size`: per 256 samples for sgd and lars (Goyal et al. 2017), as is for adamw."""
-    return base_lr * batch_size / 256 if OPTIMIZERS[name][1] else base_lr
+def scaled_lr(name: str, base_lr: float, batch_size: int, per_256: bool | None = None) -> float:
+    """A default learning rate for `batch_size`: per 256 samples for sgd and lars (Goyal et al. 2017), as is for
+    adamw; `per_256` overrides the optimizer's rule (a method whose paper gives AdamW's lr per 256, as MAE)."""
+    return base_lr * batch_size / 256 if (OPTIMIZERS[name][1] if per_256 is None else per_256) else base_lr
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, final_ratio: float = 0.0) -> float:
