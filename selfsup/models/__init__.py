@@ -2,5 +2,6 @@
 from .backbones import BACKBONES, build_backbone, register_backbone
 from .encoder import Encoder
 from .heads import mlp_head
+from . import transformer  # noqa: F401  (registers the token backbones)
 
 __all__ = ["BACKBONES", "Encoder", "build_backbone", "mlp_head", "register_backbone"]
