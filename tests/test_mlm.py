@@ -18,6 +18,12 @@ from selfsup.views.masking import IGNORE, KEEP, MASK, RANDOM, mask_tokens, rando
 VOCAB = 60
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: these models are tiny, and on a shared CPU a second thread's spin-waits cost more than it gives."""
+    torch.set_num_threads(1)
+
+
 def token_batch(n=512, length=48, seed=0):
     """[CLS] content [SEP] [PAD]..., content ids in [NUM_SPECIAL, VOCAB) with some [UNK]s among them."""
     g = torch.Generator().manual_seed(seed)
@@ -86,13 +92,13 @@ def planted(n=512, length=14, seed=0):
     return torch.cat([torch.full((n, 1), CLS_ID), body, torch.full((n, 1), SEP_ID)], 1)
 
 
-def train_mlm(backbone: TransformerEncoder, ids, steps=300, seed=0):
+def train_mlm(backbone: TransformerEncoder, ids, steps=300, seed=0, lr=3e-3):
     """Train MLM on `ids` with the method's own make_batch/forward; masked accuracy on fresh masks after."""
     torch.manual_seed(seed)
     spec = DataSpec("tokens", (ids.shape[1],), vocab_size=NUM_SPECIAL + K, pad_id=PAD_ID)
     method = MLM(spec, MLM.Hparams(), "transformer_tiny")
     method.backbone = backbone
-    opt = torch.optim.AdamW(method.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(method.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     for step in range(steps):
         x = ids[torch.randint(0, len(ids), (64,), generator=g)]

@@ -14,6 +14,12 @@ from selfsup.data.tokenize import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIALS, UN
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "candle", "forest", "rocket"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: these models are tiny, and on a shared CPU a second thread's spin-waits cost more than it gives."""
+    torch.set_num_threads(1)
+
+
 def test_plain_text_one_document_per_line(tmp_path):
     p = tmp_path / "a.txt"
     p.write_text("first line\n\n  second line  \nthird\n")  # a blank line at the start/end only is not a separator

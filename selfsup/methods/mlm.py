@@ -42,7 +42,7 @@ class MLM(Method):
     modality = "tokens"
     backbone_default = "transformer"
     optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.01)}
-    hardware_defaults = {"cpu": dict(batch_size=128, steps=800)}
+    hardware_defaults = {"cpu": dict(batch_size=128, steps=600)}
 
     @dataclass
     class Hparams:

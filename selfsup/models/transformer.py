@@ -80,8 +80,8 @@ class TransformerEncoder(nn.Module):
         return self.forward_features(ids)["pooled"]
 
 
-# name -> (width, depth, heads): tiny for tests, the CPU default, a GPU size
-SIZES = {"transformer_tiny": (32, 2, 2), "transformer": (128, 2, 4), "transformer_base": (256, 6, 8)}
+# name -> (width, depth, heads): tiny for tests, the CPU default (the text demo in minutes on 2 cores), a GPU size
+SIZES = {"transformer_tiny": (32, 2, 2), "transformer": (64, 2, 2), "transformer_base": (256, 6, 8)}
 
 
 def _builder(dim: int, depth: int, heads: int):
