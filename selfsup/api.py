@@ -144,7 +144,10 @@ def _markdown_report(result: dict) -> str:
             f"protocol (capped at the smallest class); tuned k from {result['knn_ks']} and the linear probe's L2 "
             f"from {result['l2_grid']} are chosen on {result['validation']}, the same rule for every row. "
             f"Fine-tuning: {result['finetune_epochs']} epochs, at least {result['finetune_min_steps']} steps{cap}; "
-            f"{_starts(result['finetune_start'])}, each the start that validated better for it.")
+            f"{_starts(result['finetune_start'])}, "
+            + ("each the start that validated better for it." if all(v.get("validated", True) for v in
+                                                                     result["finetune_start"].values())
+               else "common settings, not validated on this data."))
     return head + "\n\n" + format_markdown(result)
 
 

@@ -26,8 +26,9 @@ FINETUNE_START = {"pretrained": dict(probe=True, lr=0.03), "random init": dict(p
 # (LP-FT) at lr 3e-4, the random-init baseline (supervised training from scratch) from a fresh head at 1e-3, a
 # rate a from-scratch Transformer of this size needs. Common settings for small Transformers, not validated
 # here as the image rates were.
-TOKEN_FINETUNE_START = {"pretrained": dict(probe=True, lr=3e-4, optimizer="adamw", weight_decay=0.01),
-                        "random init": dict(probe=False, lr=1e-3, optimizer="adamw", weight_decay=0.01)}
+TOKEN_FINETUNE_START = {"pretrained": dict(probe=True, lr=3e-4, optimizer="adamw", weight_decay=0.01, validated=False),
+                        "random init": dict(probe=False, lr=1e-3, optimizer="adamw", weight_decay=0.01,
+                                            validated=False)}
 FINETUNE_STARTS = {"image": FINETUNE_START, "tokens": TOKEN_FINETUNE_START}  # data kind -> starts
 
 
