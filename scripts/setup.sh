@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up selfsup on a fresh machine: PyTorch (if missing), the package with its test tools, and, when running
-# as root on Debian, the Fashion-MNIST package (elsewhere selfsup downloads it on first use, checksum-verified).
+# as root on Debian, the Fashion-MNIST package (elsewhere selfsup downloads it on first use, checksum-verified)
+# and the fortunes package (the text demo's corpus, /usr/share/games/fortunes; elsewhere pass text with --data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,6 +12,14 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
   (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
     || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
     || echo "setup: could not install dataset-fashion-mnist; selfsup will download Fashion-MNIST when needed" >&2
+fi
+
+if [ ! -d /usr/share/games/fortunes ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+   && [ -f /etc/debian_version ]; then
+  echo "setup: installing Debian package fortunes" >&2
+  (apt-get install -y -q fortunes >/dev/null 2>&1 \
+    || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q fortunes >/dev/null 2>&1)) \
+    || echo "setup: could not install fortunes; the text demo (--data fortunes) needs it" >&2
 fi
 
 if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then

@@ -12,10 +12,11 @@ import torch
 
 from .config import Config
 from .data import Dataset, DataSpec, load_data
+from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
-from .evaluate.report import FINETUNE_START, PROTOCOLS
+from .evaluate.report import FINETUNE_STARTS, PROTOCOLS
 from .evaluate.tuning import KNN_KS, L2_GRID
 from .evaluate.subsets import complement, eval_splits
 from .rundir import RunPaths, load_holdout, load_run
@@ -104,6 +105,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     own = _same_source(src, run.config.data)
     train, test, split_note = load_eval_splits(src, labels or (run.config.labels if own else None), seed,
                                                RunPaths(Path(run_dir)) if own else None)
+    tokenizer = run_tokenizer(run_dir)  # text: the run's tokenizer, fitted to its pretraining split
+    train, test = as_tokens(train, tokenizer), as_tokens(test, tokenizer)
     _check_compatible(train, run.spec, src)
     budget = eval_defaults(dev)
     finetune_epochs = finetune_epochs or budget["finetune_epochs"]
@@ -113,12 +116,13 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
         dev, kind=run.spec.kind, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
         baselines=baselines, k=k, temperature=temperature, finetune_epochs=finetune_epochs,
         finetune_max_steps=finetune_max_steps, finetune_min_steps=budget["finetune_min_steps"],
-        augment=augment_for(run.spec), seed=seed, progress=progress is not False)
+        augment=augment_for(run.spec), seed=seed, progress=progress is not False, raw=(train.raw, test.raw))
     result.update(run_dir=str(run_dir), method=run.config.method, backbone=run.config.backbone,
                   pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
                   finetune_epochs=finetune_epochs, finetune_min_steps=budget["finetune_min_steps"],
                   finetune_max_steps=finetune_max_steps, knn_ks=list(KNN_KS), l2_grid=list(L2_GRID),
-                  validation="a seeded, class-balanced 20% of each labelled subset", finetune_start=FINETUNE_START)
+                  validation="a seeded, class-balanced 20% of each labelled subset",
+                  finetune_start=FINETUNE_STARTS[run.spec.kind])
     md = _markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))
@@ -128,8 +132,8 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
 
 
 def _starts(starts: dict) -> str:
-    return "; ".join(f"{row} from {'its linear probe (LP-FT)' if v['probe'] else 'a fresh head'}, lr {v['lr']:g}"
-                     for row, v in starts.items())
+    return "; ".join(f"{row} from {'its linear probe (LP-FT)' if v['probe'] else 'a fresh head'}, "
+                     f"{v.get('optimizer', 'sgd')} lr {v['lr']:g}" for row, v in starts.items())
 
 
 def _markdown_report(result: dict) -> str:
@@ -140,7 +144,10 @@ def _markdown_report(result: dict) -> str:
             f"protocol (capped at the smallest class); tuned k from {result['knn_ks']} and the linear probe's L2 "
             f"from {result['l2_grid']} are chosen on {result['validation']}, the same rule for every row. "
             f"Fine-tuning: {result['finetune_epochs']} epochs, at least {result['finetune_min_steps']} steps{cap}; "
-            f"{_starts(result['finetune_start'])}, each the start that validated better for it.")
+            f"{_starts(result['finetune_start'])}, "
+            + ("each the start that validated better for it." if all(v.get("validated", True) for v in
+                                                                     result["finetune_start"].values())
+               else "common settings, not validated on this data."))
     return head + "\n\n" + format_markdown(result)
 
 
@@ -154,7 +161,7 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
         raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
     run = load_run(run_dir)
     dev = pick_device(device)
-    samples = load_data(data, split, labels=labels)
+    samples = as_tokens(load_data(data, split, labels=labels), run_tokenizer(run_dir))
     if samples is None:
         raise SelfSupError(f"{data} has no {split!r} split")
     _check_compatible(samples, run.spec, data)

@@ -62,11 +62,14 @@ def _add_method_flags(p: argparse.ArgumentParser, method: str) -> None:
 def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--method", help=f"pretext task: {', '.join(methods())} (default simclr; details: selfsup methods)")
-    g.add_argument("--data", help="'fashion-mnist' (default), 'digits', a folder of PNG/JPEG, a .npy/.npz array or an "
-                                  "IDX file")
+    g.add_argument("--data", help="'fashion-mnist' (default), 'digits', 'fortunes' (text), a folder of PNG/JPEG, a "
+                                  ".npy/.npz array, an IDX file, a .txt/.tsv file or a folder of text files")
     g.add_argument("--labels", help="label file (.npy or IDX) for .npy/IDX images; used only by the kNN monitor")
     g.add_argument("--holdout", type=float, help="for a source without a test split: the fraction set aside, before "
                                                  "pretraining, to test on (default 0.2; 0: pretrain on everything)")
+    g.add_argument("--vocab-size", type=int, help="text: WordPiece vocabulary size, trained on the pretraining "
+                                                  "split only (default 4096)")
+    g.add_argument("--seq-len", type=int, help="text: token ids per document, truncated and padded (default 64)")
     g.add_argument("--out", help="run directory (default runs/<method>-<data>-<time>)")
     g.add_argument("--backbone", choices=list(BACKBONES),
                    help="default: the method's, else resnet18 on GPU and small_cnn on CPU")

@@ -40,6 +40,8 @@ class Config:
     epochs: int | None = None
     steps: int | None = None
     holdout: float = 0.2
+    vocab_size: int = 4096  # text only: the tokenizer's vocabulary, trained on the pretraining split
+    seq_len: int = 64  # text only: ids per document ([CLS] text [SEP], truncated and padded)
     backbone: str | None = None
     batch_size: int | None = None
     optimizer: str | None = None
@@ -92,6 +94,7 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
     validate(cfg)
     cls = get_method(cfg.method)
     hw = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
+    hw = {**hw, **cls.hardware_defaults.get("cuda" if device_type == "cuda" else "cpu", {})}
     hp = parse_hparams(cls.name, cls.Hparams, cfg.method_args)
     optimizer = (cfg.optimizer or next(iter(cls.optimizers))).lower()
     if optimizer not in OPTIMIZERS:
@@ -132,6 +135,8 @@ _CHECKS = {
     "weight_decay": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
     "warmup_epochs": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
     "holdout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "vocab_size": (lambda v: v > 5, "an integer > 5 (the 5 special tokens and at least one more)"),
+    "seq_len": (lambda v: v >= 3, "an integer >= 3 ([CLS] text [SEP])"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),
     "knn_every": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
     "save_every": (lambda v: v >= 0, "an integer >= 0 (0: only last)"),

@@ -10,6 +10,7 @@ from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
 from selfsup.data.folder import load_folder
 from selfsup.data.idx import looks_like_idx_images
+from selfsup.data.text import TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder, looks_like_text_folder
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
@@ -29,9 +30,10 @@ def register_source(*names: str):
 
 register_source("fashion-mnist", "fmnist")(load_fashion_mnist)
 register_source("digits")(load_digits)
+register_source("fortunes")(load_fortunes)
 
 FILES = ("a folder of .png/.jpg/.jpeg images, a directory of MNIST-format IDX files, a .npy or .npz array, "
-         "or an IDX image file (*-idx3-ubyte[.gz])")
+         "an IDX image file (*-idx3-ubyte[.gz]), a .txt/.tsv text file or a folder of text files")
 _IDX_NAME = re.compile(r"idx3-ubyte(\.gz)?$", re.IGNORECASE)
 # train-images-idx3-ubyte -> train-labels-idx1-ubyte (also the images.idx3 spelling some mirrors use)
 _SIBLING = re.compile(r"images([-.])idx3")
@@ -77,6 +79,8 @@ def load_data(src: str, split: str = "train", labels: str | None = None) -> Data
         _no_labels_arg(labels, path)
         if find_mnist_files(path) is not None:
             return load_mnist_dir(path, split)
+        if looks_like_text_folder(path):
+            return load_text_folder(path) if split == "train" else None
         return load_folder(path) if split == "train" else None  # a folder is one split: nothing to decode for "test"
 
     loader = _file_loader(path)
@@ -93,5 +97,7 @@ def _file_loader(path: str):
         return load_npz
     if _IDX_NAME.search(lower) or looks_like_idx_images(path):
         return load_idx_images
+    if lower.endswith(TEXT_EXTENSIONS) or not os.path.splitext(lower)[1]:  # fortune files have no extension
+        return load_text_file
     names = ", ".join(repr(n) for n in SOURCES)
     raise SelfSupError(f"unsupported data source: {path} (supported: {names}, {FILES})")

@@ -14,7 +14,9 @@ class Dataset:
     """Decoded samples of one split, held as one tensor (not a torch.utils.data.Dataset: an epoch is a randperm).
 
     kind "image": x is uint8 (N, C, H, W). kind "tokens": x is int64 (N, L) token ids, right-padded with
-    `pad_id`, ids below `vocab_size`. Labels (N,), paths and class names are optional.
+    `pad_id`, ids below `vocab_size`. kind "text": raw documents in `texts`, x an empty (N, 0) until a run's
+    tokenizer makes it "tokens" (which keep `texts`: the raw strings evaluation's TF-IDF baseline reads).
+    Labels (N,), paths and class names are optional.
     """
 
     x: torch.Tensor
@@ -25,6 +27,7 @@ class Dataset:
     kind: str = "image"
     vocab_size: int | None = None  # tokens only
     pad_id: int = 0  # tokens only
+    texts: list[str] | None = None  # text and tokens from text: one raw document per sample
 
     def __len__(self) -> int:
         """Number of samples."""
@@ -52,7 +55,13 @@ class Dataset:
         index = index.to(device=self.x.device, dtype=torch.long)
         labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
         paths = None if self.paths is None else [self.paths[i] for i in index.tolist()]
-        return dataclasses.replace(self, x=self.x[index].contiguous(), labels=labels, paths=paths)
+        texts = None if self.texts is None else [self.texts[i] for i in index.tolist()]
+        return dataclasses.replace(self, x=self.x[index].contiguous(), labels=labels, paths=paths, texts=texts)
+
+    @property
+    def raw(self):
+        """What a no-learning baseline reads: the pixels of images, the raw documents of tokenized text (or None)."""
+        return self.texts if self.kind != "image" else self.x
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ def spec_of(data: Dataset) -> DataSpec:
             raise ValueError(f"image data must be uint8 (N, C, H, W), got {data.x.dtype} {tuple(data.x.shape)}")
         mean, std = dataset_stats(data.x)
         return image_spec(data.x.shape[1:], mean, std)
+    if data.kind == "text":
+        raise ValueError("text must be tokenized (selfsup.data.tokenize) before it has a spec")
     if data.x.dim() != 2 or data.x.dtype != torch.long or not data.vocab_size:
         raise ValueError("token data must be int64 (N, L) with a vocab_size")
     return DataSpec("tokens", tuple(data.x.shape[1:]), vocab_size=int(data.vocab_size), pad_id=int(data.pad_id))

@@ -20,10 +20,12 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
              test_y: torch.Tensor, num_classes: int, device,
              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
              epochs: int = 10, batch_size: int = 256, lr: float = 0.03, weight_decay: float = 5e-4,
-             max_steps: int | None = None, min_steps: int = 0, seed: int = 0, probe_l2: float | None = 1e-3) -> float:
+             max_steps: int | None = None, min_steps: int = 0, seed: int = 0, probe_l2: float | None = 1e-3,
+             optimizer: str = "sgd") -> float:
     """Fine-tune ``copy.deepcopy(encoder)`` + an ``nn.Linear(feature_dim, num_classes)`` head; return test accuracy.
 
-    The encoder takes raw batches (it prepares them itself, see ``Encoder``). SGD (momentum 0.9, Nesterov),
+    The encoder takes raw batches (it prepares them itself, see ``Encoder``). SGD (momentum 0.9, Nesterov;
+    or ``optimizer="adamw"``, which Transformers fine-tune with),
     linear warmup (5% of steps) then cosine decay, cross-entropy, bf16 autocast on CUDA.
     ``augment(raw_batch_on_device, generator)`` returns what the encoder takes (for images, floats in [0, 1]);
     without it the raw batch goes in as is. ``min_steps`` raises the step count for small label subsets (a 1%
@@ -62,7 +64,7 @@ def finetune(encoder: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, t
                 head.bias.copy_(probe.bias - (w * probe.mean).sum(1))
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        opt = build_optimizer("sgd", nn.ModuleList([model, head]), lr, weight_decay, nesterov=True)
+        opt = build_optimizer(optimizer, nn.ModuleList([model, head]), lr, weight_decay, nesterov=True)
 
         x_all = train_x.to(device)
         y_all = train_y.to(device).long()

@@ -12,6 +12,7 @@ from ..errors import SelfSupError
 from .features import extract_features
 from .finetune import finetune
 from .subsets import class_balanced_subset
+from .tfidf import TFIDF_ROW, tfidf_features
 from .tuning import DEFAULT_L2, knn_both, linear_tuned
 
 PROTOCOLS = ("knn", "linear", "finetune")
@@ -21,14 +22,24 @@ PIXELS_ROW = "raw pixels"
 # Fashion-MNIST's training data (benchmarks/finetune_lr.py): a pretrained encoder from its linear probe (LP-FT)
 # at lr 0.03; the random-init baseline, which is supervised training from scratch, from a fresh head at lr 0.05.
 FINETUNE_START = {"pretrained": dict(probe=True, lr=0.03), "random init": dict(probe=False, lr=0.05)}
+# Transformers on token ids fine-tune with AdamW, as BERT does: the pretrained encoder from its linear probe
+# (LP-FT) at lr 3e-4, the random-init baseline (supervised training from scratch) from a fresh head at 1e-3, a
+# rate a from-scratch Transformer of this size needs. Common settings for small Transformers, not validated
+# here as the image rates were.
+TOKEN_FINETUNE_START = {"pretrained": dict(probe=True, lr=3e-4, optimizer="adamw", weight_decay=0.01, validated=False),
+                        "random init": dict(probe=False, lr=1e-3, optimizer="adamw", weight_decay=0.01,
+                                            validated=False)}
+FINETUNE_STARTS = {"image": FINETUNE_START, "tokens": TOKEN_FINETUNE_START}  # data kind -> starts
 
 
-def _pixels(x: torch.Tensor, device) -> torch.Tensor:
-    return x.to(device).reshape(x.shape[0], -1).float().div_(255.0)
+def _pixels(train_x: torch.Tensor, test_x: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(x.to(device).reshape(x.shape[0], -1).float().div_(255.0) for x in (train_x, test_x))
 
 
-# data kind -> (row name, features of the raw input): the no-learning baseline beside every number.
-RAW_BASELINES = {"image": (PIXELS_ROW, _pixels)}
+# data kind -> (row name, (raw train, raw test, device) -> (train features, test features)): the no-learning
+# baseline beside every number. Its inputs are Dataset.raw: the pixels of images, the documents of text
+# (None for token data without them: no row then).
+RAW_BASELINES = {"image": (PIXELS_ROW, _pixels), "tokens": (TFIDF_ROW, tfidf_features)}
 
 
 def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Module],
@@ -36,13 +47,14 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
                      num_classes: int, device, *, kind: str = "image", name: str = "selfsup",
                      fractions: Sequence[float] = (0.01, 0.1, 1.0), protocols: Sequence[str] = PROTOCOLS,
                      baselines: bool = True, k: int = 200, temperature: float = 0.1, finetune_epochs: int = 10, finetune_max_steps: int | None = None, finetune_min_steps: int = 0,
-                     augment=None, seed: int = 0, progress: bool = True) -> dict:
+                     augment=None, seed: int = 0, progress: bool = True, raw: tuple | None = None) -> dict:
     """Evaluate ``encoder`` (and, with ``baselines``, a random-init copy of its architecture and the raw input).
 
     The encoders take raw samples (``Encoder``). For every label fraction f the training subset is
     ``class_balanced_subset(train_y, f, seed)``; the test split is only ever used for the final accuracy.
     Frozen features are extracted once per encoder (eval mode) for all train and test samples and then indexed.
-    The encoder is moved to ``device``.
+    The encoder is moved to ``device``. ``raw`` = (train, test) inputs of the raw-input baseline: by default
+    the images themselves; for text the documents (``Dataset.raw``), without which there is no such row.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -67,9 +79,10 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
     rows[name] = encoder_row(encoder)
     if baselines:
         rows[RANDOM_ROW] = encoder_row(make_random_encoder())
-        if kind in RAW_BASELINES:
-            raw_name, raw = RAW_BASELINES[kind]
-            rows[raw_name] = (None, (raw(train_x, device), raw(test_x, device)) if frozen else None)
+        raw_train, raw_test = raw if raw is not None else (train_x, test_x) if kind == "image" else (None, None)
+        if kind in RAW_BASELINES and raw_train is not None and raw_test is not None:
+            raw_name, raw_features = RAW_BASELINES[kind]
+            rows[raw_name] = (None, raw_features(raw_train, raw_test, device) if frozen else None)
 
     subsets = {f: class_balanced_subset(train_y, f, seed) for f in fractions}
     jobs = [(row, f, p) for row in rows for f in fractions for p in protocols
@@ -89,12 +102,14 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
             out = linear_tuned(feats[0][idx], train_y[idx], feats[1], test_y, num_classes, seed)
         else:
             idx_cpu = idx.to(train_x.device)
-            start = FINETUNE_START[RANDOM_ROW if row == RANDOM_ROW else "pretrained"]
+            start = FINETUNE_STARTS.get(kind, FINETUNE_START)[RANDOM_ROW if row == RANDOM_ROW else "pretrained"]
             l2 = results[(row, f)].get("linear_l2") or DEFAULT_L2  # the row's tuned penalty when it was tuned
             out = dict(finetune=finetune(model, train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes, device,
                                          augment=augment, epochs=finetune_epochs, max_steps=finetune_max_steps,
                                          min_steps=finetune_min_steps, seed=seed, lr=start["lr"],
-                                         probe_l2=l2 if start["probe"] else None))
+                                         probe_l2=l2 if start["probe"] else None,
+                                         optimizer=start.get("optimizer", "sgd"),
+                                         weight_decay=start.get("weight_decay", 5e-4)))
         results[(row, f)].update(out)
     bar.close()
 

@@ -69,6 +69,8 @@ class Method(nn.Module):
     modality: ClassVar[str] = "image"  # the data kind it learns from: "image" or "tokens"
     backbone_default: ClassVar[str | None] = None  # None: the hardware recipe's (small_cnn on CPU, resnet18 on GPU)
     optimizers: ClassVar[dict[str, OptimDefaults]] = {}  # optimizer -> defaults; the first is the default optimizer
+    # device type ("cpu", "cuda") -> entries of the hardware recipe (batch_size, steps) this method replaces
+    hardware_defaults: ClassVar[dict[str, dict]] = {}
     Hparams: ClassVar[type] = NoHparams
     # On several processes (torchrun): whether BatchNorm outside EMA teachers normalises over the global batch
     # (SimCLR's global BN; --sync-bn/--no-sync-bn overrides), and whether DDP must look for parameters a step

@@ -3,5 +3,6 @@ from .backbones import BACKBONES, build_backbone, register_backbone
 from . import vit  # noqa: F401  (registers --backbone vit)
 from .encoder import Encoder
 from .heads import mlp_head
+from . import transformer  # noqa: F401  (registers the token backbones)
 
 __all__ = ["BACKBONES", "Encoder", "build_backbone", "mlp_head", "register_backbone"]

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
 from ..data import Dataset, load_data
+from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens
 from ..distributed import all_digests, broadcast_, broadcast_object, rank, world_size
 from ..errors import SelfSupError
 from ..evaluate.subsets import complement
@@ -38,8 +39,9 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
             run = open_run(cfg, resume, device, train)
             holdout = RunPaths(run.paths.root).holdout
             index = json.loads(holdout.read_text())["indices"] if holdout.is_file() and train is None else None
+            tok = run.paths.root / TOKENIZER_FILE  # text: every process encodes with rank 0's tokenizer
             shared = dict(cfg=run.cfg.to_dict(), root=str(run.paths.root), note=run.split_note, index=index,
-                          ckpt=run.ckpt)
+                          ckpt=run.ckpt, tokenizer=tok.read_text() if tok.is_file() else None)
         except SelfSupError as e:
             shared = dict(error=str(e))
         except BaseException as e:
@@ -55,6 +57,10 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
         train = load_data(shared["cfg"]["data"], "train", labels=shared["cfg"]["labels"])
         if shared["index"] is not None:
             train = train.subset(complement(len(train), torch.tensor(shared["index"], dtype=torch.long)))
+        if shared["tokenizer"] is not None:
+            from tokenizers import Tokenizer
+
+            train = as_tokens(train, Tokenizer.from_str(shared["tokenizer"]))
     return OpenRun(Config.from_dict(shared["cfg"]), paths, RunLock(paths.root), train, shared["note"],
                    shared["ckpt"])
 

@@ -17,6 +17,7 @@ import torch
 
 from ..config import Config, resolve, validate
 from ..data import Dataset, load_data
+from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_tokenizer, save_tokenizer
 from ..distributed import world_size
 from ..errors import SelfSupError
 from ..evaluate.subsets import complement, holdout_indices
@@ -78,6 +79,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
             full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels)
             index = None if train is not None else load_holdout(paths, len(full))
             data, note = without_holdout(cfg, full, index, own_test=index is None and saved.holdout > 0)
+            data = as_tokens(data, run_tokenizer(paths.root))  # text: the run's own tokenizer, never refitted
             cfg = resolve(cfg, device.type, len(data))
             cfg.save(paths.config)
         except BaseException:
@@ -98,6 +100,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
     if len(data) < 2:
         raise SelfSupError(f"{cfg.data} has {len(data)} sample(s) for pretraining; it needs at least 2")
+    tokenizer = fit_for(data, cfg.vocab_size, cfg.seq_len)  # text: fitted to the pretraining split only
+    data = as_tokens(data, tokenizer)
     cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -106,6 +110,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     lock = RunLock(paths.root).acquire()
     if index is not None:
         save_holdout(paths, cfg, len(full), index)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, paths.root / TOKENIZER_FILE)
     cfg.save(paths.config)
     return OpenRun(cfg, paths, lock, data, note, None)
 
