@@ -14,7 +14,8 @@ class Dataset:
     """Decoded samples of one split, held as one tensor (not a torch.utils.data.Dataset: an epoch is a randperm).
 
     kind "image": x is uint8 (N, C, H, W). kind "tokens": x is int64 (N, L) token ids, right-padded with
-    `pad_id`, ids below `vocab_size`. Labels (N,), paths and class names are optional.
+    `pad_id`, ids below `vocab_size`. Labels (N,), paths and class names are optional; `skipped` lists the
+    files a folder source left out as unreadable (--skip-bad).
     """
 
     x: torch.Tensor
@@ -25,6 +26,7 @@ class Dataset:
     kind: str = "image"
     vocab_size: int | None = None  # tokens only
     pad_id: int = 0  # tokens only
+    skipped: list[str] | None = None
 
     def __len__(self) -> int:
         """Number of samples."""
