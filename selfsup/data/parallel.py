@@ -32,9 +32,9 @@ def default_workers() -> int:
 
 
 def _init_worker(lock) -> None:
+    # workers use PIL and numpy only, never torch: a forked child must not touch the parent's OpenMP pool
     global _HUGE_LOCK
     _HUGE_LOCK = lock
-    torch.set_num_threads(1)  # a worker is one core; it must not start a thread pool of its own
 
 
 def _header_chunk(paths: list[str]) -> list[tuple[int, int, str] | str]:
