@@ -1,6 +1,7 @@
 """The Python API: everything the CLI does is one call here."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .data import Dataset, DataSpec, load_data
+from .config import Config, folder_options
+from .data import Dataset, DataSpec, FolderOptions, load_data
 from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
 from .errors import SelfSupError
@@ -48,15 +49,15 @@ def _check_eval_args(fractions, protocols, k: int, temperature: float, finetune_
             raise SelfSupError(message)
 
 
-def load_eval_splits(src: str, labels: str | None = None, seed: int = 0,
-                     run: RunPaths | None = None) -> tuple[Dataset, Dataset, str]:
+def load_eval_splits(src: str, labels: str | None = None, seed: int = 0, run: RunPaths | None = None,
+                     folder: FolderOptions | None = None) -> tuple[Dataset, Dataset, str]:
     """Labelled (train, test) splits of a source, and a note on where the test split came from.
 
     With `run` (the source is the one the run pretrained on): the source's own test split, else exactly the
     holdout set aside before pretraining; never images the encoder was pretrained on. Otherwise: the source's
     own test split, else a seeded stratified 80/20 holdout.
     """
-    train = load_data(src, "train", labels=labels)
+    train = load_data(src, "train", labels=labels, folder=folder)
     if train.labels is None:
         raise SelfSupError(f"{src} has no labels; evaluation needs labelled data (class subfolders, "
                            "an npz 'labels' array, or --labels FILE)")
@@ -75,6 +76,17 @@ def _same_source(a: str, b: str) -> bool:
     return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
+def run_folder_options(run, own: bool, progress: bool | None = None, **given) -> FolderOptions:
+    """How eval/embed decode an image folder: as the run did for its own data; for other data, at the size the
+    encoder was trained on (square runs; else the images' own size), keeping unreadable files an error.
+    `given`: image_size, skip_bad, cache passed by the caller, which win."""
+    opts = folder_options(run.config, progress)
+    if not own:
+        h, w = run.spec.shape[1:] if run.spec.kind == "image" else (0, 1)
+        opts = dataclasses.replace(opts, image_size=h if h == w else None, skip_bad=False)
+    return dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
+
+
 def _check_compatible(data: Dataset, spec: DataSpec, what: str) -> None:
     """The run's encoder takes data of its own kind and (for images) shape."""
     if data.kind != spec.kind or (spec.kind == "image" and tuple(data.x.shape[1:]) != spec.shape):
@@ -90,7 +102,8 @@ def augment_for(spec: DataSpec):
 def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None = None,
              fractions=(0.01, 0.1, 1.0), protocols=PROTOCOLS, baselines: bool = True, k: int = 200,
              temperature: float = 0.1, finetune_epochs: int | None = None, finetune_max_steps: int | None = None,
-             device: str = "auto", seed: int = 0, progress: bool | None = None) -> dict:
+             device: str = "auto", seed: int = 0, progress: bool | None = None, image_size: int | None = None,
+             skip_bad: bool | None = None, cache: bool | None = None) -> dict:
     """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md into the run dir.
 
     kNN is reported at the fixed protocol (k=200 capped at the smallest class, T=0.1) and with k tuned; the
@@ -103,8 +116,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     dev = pick_device(device)
     src = data or run.config.data
     own = _same_source(src, run.config.data)
+    folder = run_folder_options(run, own, progress, image_size=image_size, skip_bad=skip_bad, cache=cache)
     train, test, split_note = load_eval_splits(src, labels or (run.config.labels if own else None), seed,
-                                               RunPaths(Path(run_dir)) if own else None)
+                                               RunPaths(Path(run_dir)) if own else None, folder)
     tokenizer = run_tokenizer(run_dir)  # text: the run's tokenizer, fitted to its pretraining split
     train, test = as_tokens(train, tokenizer), as_tokens(test, tokenizer)
     _check_compatible(train, run.spec, src)
@@ -152,7 +166,8 @@ def _markdown_report(result: dict) -> str:
 
 
 def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "train", labels: str | None = None,
-          device: str = "auto", batch_size: int = 1024) -> Path:
+          device: str = "auto", batch_size: int = 1024, image_size: int | None = None,
+          skip_bad: bool | None = None, cache: bool | None = None) -> Path:
     """Write the encoder's features of every sample of `data`, in input order, to .npy or .npz."""
     out = Path(out)
     if batch_size < 1:
@@ -161,7 +176,9 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
         raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
     run = load_run(run_dir)
     dev = pick_device(device)
-    samples = as_tokens(load_data(data, split, labels=labels), run_tokenizer(run_dir))
+    folder = run_folder_options(run, _same_source(data, run.config.data), image_size=image_size,
+                                skip_bad=skip_bad, cache=cache)
+    samples = as_tokens(load_data(data, split, labels=labels, folder=folder), run_tokenizer(run_dir))
     if samples is None:
         raise SelfSupError(f"{data} has no {split!r} split")
     _check_compatible(samples, run.spec, data)

@@ -105,7 +105,23 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
                    help="under torchrun: BatchNorm statistics over the global batch of every process (default: the "
                         "method's; on for SimCLR)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_folder_args(p, pretrain=True)
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_folder_args(p: argparse.ArgumentParser, pretrain: bool = False) -> None:
+    run = "" if pretrain else "; default: the run's"
+    g = p.add_argument_group("image folders")
+    g.add_argument("--image-size", type=int, help="shorter side resized to N (antialiased), then the centre NxN "
+                                                  "(default: the images' own size if they share one of at most "
+                                                  f"64 px, else 64{run})")
+    if pretrain:
+        g.add_argument("--background", help="colour under transparent pixels: a name, #rrggbb or R,G,B "
+                                             "(default white)")
+    g.add_argument("--skip-bad", action="store_true", default=None,
+                   help=f"go on without unreadable images; they are listed in RUN_DIR/skipped.txt{run}")
+    g.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="decode the folder again instead of reading (and writing) the decoded-image cache")
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -151,6 +167,7 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     ev.add_argument("--labels", help="label file for .npy/IDX data")
     ev.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if present)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_folder_args(ev)
     _add_eval_args(ev)
     em = sub.add_parser("embed", help="write a run's features for a data source to .npy/.npz",
                         description="Features in input order: .npy (features only) or .npz (features, labels, paths).")
@@ -161,6 +178,7 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     em.add_argument("--labels", help="label file for .npy/IDX data")
     em.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if present)")
     em.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass (default 1024)")
+    _add_folder_args(em)
     me = sub.add_parser("methods", help="list the methods with their papers, data, settings and defaults",
                         description="Every registered method; with NAME, each of its settings explained.")
     me.add_argument("name", nargs="?", help="one method to explain in full")
@@ -192,11 +210,16 @@ def _config_from_args(a: argparse.Namespace) -> Config:
     given = {k: getattr(a, k) for k in CONFIG_FLAGS if getattr(a, k) is not None}
     method_args = _method_args(a)
     if a.resume:
-        changed = sorted(set(given) - {"out", "epochs"}) + sorted(method_args)
+        changed = sorted(set(given) - {"out", "epochs", "cache"}) + sorted(method_args)
         if changed:
             raise SelfSupError(f"--resume continues a run with its saved settings; drop "
                                f"{', '.join('--' + c.replace('_', '-') for c in changed)}")
     return Config(**given, method_args=method_args)
+
+
+def _folder_kwargs(a: argparse.Namespace) -> dict:
+    """eval/embed: the folder flags given (the rest come from the run)."""
+    return {k: getattr(a, k) for k in ("image_size", "skip_bad", "cache") if getattr(a, k) is not None}
 
 
 def _eval_kwargs(a: argparse.Namespace) -> dict:
@@ -247,11 +270,11 @@ def _run(argv: list[str] | None) -> int:
             print(run_dir)
     elif args.command == "eval":
         result = api.evaluate(args.run_dir, args.data, labels=args.labels, device=args.device, progress=progress,
-                              **_eval_kwargs(args))
+                              **_eval_kwargs(args), **_folder_kwargs(args))
         print(result["markdown"])
     elif args.command == "embed":
         api.embed(args.run_dir, args.data, args.out, split=args.split, labels=args.labels, device=args.device,
-                  batch_size=args.batch_size)
+                  batch_size=args.batch_size, **_folder_kwargs(args))
     elif args.command == "methods":
         print(describe_methods(args.name))
     return 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from .data.decode import parse_background
+from .data.folder import FolderOptions
 from .errors import SelfSupError
 from .methods import get_method
 from .methods.hparams import hparams_to_dict, nearest, parse_hparams
@@ -29,6 +31,7 @@ class Config:
     """Everything needed to rebuild a run. None means "fill in from the method and the hardware".
 
     `method_args` holds the method's own settings (its Hparams); resolved, it lists every one of them.
+    `image_size`, `background`, `skip_bad` and `cache` say how an image folder is decoded (FolderOptions).
     The budget is `steps` (optimizer steps) unless `epochs` is given; resolved, both are set. `holdout` is the
     fraction of a source without a test split that is set aside, before pretraining, for evaluation.
     """
@@ -56,6 +59,10 @@ class Config:
     save_every: int = 0
     threads: int | None = None
     sync_bn: bool | None = None  # several processes only: BatchNorm over the global batch (None: the method's)
+    image_size: int | None = None
+    background: str = "white"
+    skip_bad: bool = False
+    cache: bool = True
     method_args: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -142,7 +149,23 @@ _CHECKS = {
     "save_every": (lambda v: v >= 0, "an integer >= 0 (0: only last)"),
     "threads": (lambda v: v >= 1, "an integer >= 1"),
     "precision": (lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+    "image_size": (lambda v: v >= 1, "an integer >= 1"),
+    "background": (lambda v: _colour(v), "a colour name, #rrggbb or R,G,B"),
 }
+
+
+def _colour(text: str) -> bool:
+    try:
+        parse_background(text)
+    except ValueError:
+        return False
+    return True
+
+
+def folder_options(cfg: Config, progress: bool | None = None) -> FolderOptions:
+    """How cfg.data is decoded when it is an image folder."""
+    return FolderOptions(image_size=cfg.image_size, background=cfg.background, skip_bad=cfg.skip_bad,
+                         cache=cfg.cache, progress=progress)
 
 
 def validate(cfg: Config) -> None:

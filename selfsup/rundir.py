@@ -53,6 +53,11 @@ class RunPaths:
     def holdout(self) -> Path:
         return self.root / "holdout.json"
 
+    @property
+    def skipped(self) -> Path:
+        """The unreadable files a folder source left out (--skip-bad), one path a line."""
+        return self.root / "skipped.txt"
+
 
 def save_holdout(paths: RunPaths, cfg: Config, n: int, index: torch.Tensor) -> None:
     """RUN_DIR/holdout.json: the indices (into the source's samples) set aside before pretraining."""

@@ -184,10 +184,11 @@ def test_folder_unlabeled_flat_and_case_insensitive(tmp_path):
     assert [os.path.basename(p) for p in data.paths] == ["a.png", "b.PNG", "c.JPEG"]
 
 
-def test_folder_images_outside_subfolders_unlabeled(tmp_path):
+def test_folder_images_beside_class_folders_refused(tmp_path):
     png(tmp_path / "cat" / "1.png")
     png(tmp_path / "loose.png")
-    assert load_data(str(tmp_path)).labels is None
+    with pytest.raises(SelfSupError, match=r"1 image\(s\) directly in it \(e.g. loose.png\) beside class folders \(cat\)"):
+        load_data(str(tmp_path))
 
 
 def test_folder_rgb_vs_gray(tmp_path):
@@ -202,19 +203,20 @@ def test_folder_rgb_vs_gray(tmp_path):
     assert (data.x[0] == 50).all()  # gray replicated to 3 channels
 
 
-def test_folder_mixed_sizes_resized(tmp_path):
+def test_folder_mixed_sizes_default_64(tmp_path, capsys):
     png(tmp_path / "a.png", size=(10, 4))
     png(tmp_path / "b.png", size=(7, 9))
     png(tmp_path / "c.png", size=(7, 9))
     data = load_data(str(tmp_path))
-    assert data.x.shape == (3, 1, 9, 7)  # most common (W=7, H=9) wins
-    assert (data.x[0] == 100).all()  # bilinear on a solid image keeps its value
+    assert data.x.shape == (3, 1, 64, 64)  # mixed sizes: shorter side to 64, centre crop, and the run says so
+    assert (data.x == 100).all()  # bilinear on a solid image keeps its value
+    assert "mixed sizes: shorter side resized to 64" in capsys.readouterr().err
 
 
-def test_folder_size_tie_first_seen(tmp_path):
-    png(tmp_path / "a.png", size=(10, 4))
-    png(tmp_path / "b.png", size=(7, 9))
-    assert load_data(str(tmp_path)).x.shape == (2, 1, 4, 10)
+def test_folder_one_size_above_64_becomes_64(tmp_path):
+    png(tmp_path / "a.png", size=(80, 80))
+    png(tmp_path / "b.png", size=(80, 80))
+    assert load_data(str(tmp_path)).x.shape == (2, 1, 64, 64)
 
 
 def test_folder_empty(tmp_path):

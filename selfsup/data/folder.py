@@ -1,20 +1,45 @@
-"""Loading a folder of image files (optionally one subfolder per class)."""
+"""Loading a folder of image files (optionally one subfolder per class), decoded in parallel and cached.
+
+Labels follow torchvision's ImageFolder: an image's class is the top-level subfolder of the root that holds it,
+at any depth below (root/cat/2019/a.png is a "cat"); a folder with every image directly in it is unlabelled.
+Images directly in the root beside class folders are refused (they would have no class).
+"""
 from __future__ import annotations
 
 import os
-from collections import Counter
+import sys
+import time
+from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
+from selfsup.data import cache
+from selfsup.data.decode import GRAY_MODES, parse_background
+from selfsup.data.parallel import Pool, decode_into, default_workers, read_headers
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
-PROGRESS_MIN = 2000
-_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+OWN_SIZE_MAX = 64  # images that all share one size up to this many pixels a side are kept as they are
+DEFAULT_SIZE = 64  # otherwise, without --image-size, they are brought to 64 x 64
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """How a folder is decoded. image_size None: the images' own size when they all share one of at most
+    OWN_SIZE_MAX px, else DEFAULT_SIZE. workers None: every core. progress None: a bar from 500 files on."""
+
+    image_size: int | None = None
+    background: str = "white"
+    skip_bad: bool = False
+    cache: bool = True
+    workers: int | None = None
+    progress: bool | None = None
+
+    def key(self) -> dict:
+        """What changes the decoded tensor (workers and progress do not)."""
+        return dict(image_size=self.image_size, background=parse_background(self.background),
+                    skip_bad=self.skip_bad)
 
 
 def find_images(root: str) -> list[str]:
@@ -36,64 +61,108 @@ def find_images(root: str) -> list[str]:
     return sorted(found)
 
 
-def _class_of(path: str, root: str) -> str | None:
-    """The immediate subfolder of `root` holding `path`, or None if it lies directly in `root`."""
-    parts = os.path.relpath(path, root).split(os.sep)
-    return parts[0] if len(parts) > 1 else None
+def class_names(paths: list[str], root: str) -> list[str | None]:
+    """Each path's top-level subfolder of `root` (None for files directly in it); refuses a mix of both."""
+    owners = [p[0] if len(p) > 1 else None for p in (os.path.relpath(q, root).split(os.sep) for q in paths)]
+    loose = [p for p, o in zip(paths, owners) if o is None]
+    if loose and len(loose) < len(paths):
+        classes = sorted({o for o in owners if o is not None})
+        shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+        raise SelfSupError(f"{root} holds {len(loose)} image(s) directly in it (e.g. {os.path.basename(loose[0])}) "
+                           f"beside class folders ({shown}): move them into a class folder, or point at one layout")
+    return owners
 
 
-def _decode(path: str) -> np.ndarray:
-    """Fully decode one image to uint8: (H,W) for grayscale modes, (H,W,3) otherwise."""
+def _plan(headers: list[tuple[int, int, str]], size: int | None) -> tuple[int | None, int, tuple[int, int], str]:
+    """(resize target or None, channels, (H, W), a note when the size was chosen for the user)."""
+    gray = all(mode in GRAY_MODES for _, _, mode in headers)
+    sizes = {(h, w) for w, h, _ in headers}
+    if size is None and len(sizes) == 1 and max(next(iter(sizes))) <= OWN_SIZE_MAX:
+        return None, 1 if gray else 3, next(iter(sizes)), ""
+    note = ""
+    if size is None:
+        size = DEFAULT_SIZE
+        kind = "mixed sizes" if len(sizes) > 1 else f"{next(iter(sizes))[1]}x{next(iter(sizes))[0]} px"
+        note = (f"images have {kind}: shorter side resized to {size}, centre-cropped to {size}x{size} "
+                "(--image-size N to choose)")
+    return size, 1 if gray else 3, (size, size), note
+
+
+def load_folder(root: str, options: FolderOptions | None = None) -> Dataset:
+    """Decode every image under `root` to uint8 (N, C, H, W); labels from class folders (see the module doc)."""
+    opts = options or FolderOptions()
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-                arr = np.asarray(img, dtype=np.float64)
-                # 16-bit images would saturate under PIL's convert("L"); rescale instead
-                if img.mode.startswith("I;16") or (img.mode == "I" and arr.max() > 255):
-                    arr = arr / 257.0
-                return np.clip(np.round(arr), 0, 255).astype(np.uint8)
-            if img.mode in _GRAY_MODES:
-                return np.array(img.convert("L"), dtype=np.uint8)
-            return np.array(img.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError...)
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SelfSupError(f"corrupt image: {path} ({reason})") from None
-
-
-def _fit(arr: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """Bring one decoded image to the common channel count and (H, W) size, returned as (H,W,C)."""
-    if arr.shape[:2] != size:
-        arr = np.array(Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR))
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if channels == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    return arr
-
-
-def load_folder(root: str) -> Dataset:
-    """Decode every image under `root`; labels come from immediate subfolders when all images are in one."""
+        background = parse_background(opts.background)
+    except ValueError:
+        raise SelfSupError(f"--background must be a colour name, #rrggbb or R,G,B, got {opts.background!r}") from None
     root = os.path.abspath(root)
     paths = find_images(root)
     if not paths:
         raise SelfSupError(f"no images ({'/'.join(EXTENSIONS)}) found in folder {root}")
+    owners = class_names(paths, root)
 
-    owners = [_class_of(p, root) for p in paths]
-    classes: list[str] | None = None
-    labels: torch.Tensor | None = None
-    if all(o is not None for o in owners):
-        classes = sorted(set(owners))  # type: ignore[arg-type]
+    key = cache.folder_key(root, paths, opts.key()) if opts.cache else None
+    hit = cache.load(key) if key else None
+    if hit is not None:
+        x, meta = hit
+        _say(f"{root}: {len(x)} images from the cache ({cache.cache_dir()})"
+             + (f"; {len(meta['skipped'])} bad file(s) skipped" if meta["skipped"] else ""))
+        skipped = [os.path.join(root, p) for p in meta["skipped"]]
+        if meta.get("note"):
+            _say(f"{root}: {meta['note']}")
+    else:
+        x, skipped, note = _decode_folder(root, paths, opts, background)
+    keep = set(skipped)
+    kept = [(p, o) for p, o in zip(paths, owners) if p not in keep]
+    paths = [p for p, _ in kept]
+    if not paths:
+        raise SelfSupError(f"every image in {root} is unreadable ({len(skipped)} skipped)")
+    classes = labels = None
+    if kept[0][1] is not None:
+        classes = sorted({o for _, o in kept})
         index = {c: i for i, c in enumerate(classes)}
-        labels = torch.tensor([index[o] for o in owners], dtype=torch.int64)
+        labels = torch.tensor([index[o] for _, o in kept], dtype=torch.int64)
+    if key and hit is None:
+        cache.save(key, x, dict(skipped=[os.path.relpath(p, root) for p in skipped], note=note))
+    return Dataset(x, labels, paths=paths, classes=classes, name=root, skipped=skipped)
 
-    arrays = [_decode(p) for p in tqdm(paths, desc="decoding images", unit="img", disable=len(paths) <= PROGRESS_MIN)]
-    channels = 1 if all(a.ndim == 2 for a in arrays) else 3
-    # Counter keeps insertion order, so most_common breaks ties in favour of the first size seen
-    size = Counter(a.shape[:2] for a in arrays).most_common(1)[0][0]
 
-    out = torch.empty((len(arrays), channels, size[0], size[1]), dtype=torch.uint8)
-    for i, a in enumerate(arrays):
-        out[i] = torch.from_numpy(np.ascontiguousarray(_fit(a, channels, size))).permute(2, 0, 1)
-        arrays[i] = None  # type: ignore[call-overload]  # free as we go: peak memory ~1x the dataset, not 2x
-    return Dataset(out, labels, paths=paths, classes=classes, name=root)
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background) -> tuple[torch.Tensor, list[str], str]:
+    """Headers, then pixels, on a pool: the tensor (bad files' rows removed), the bad files, the size note."""
+    bad: dict[int, str] = {}
+
+    def on_bad(i: int, reason: str) -> None:
+        if not opts.skip_bad:
+            raise SelfSupError(f"corrupt image: {paths[i]} ({reason}); --skip-bad to go on without such files")
+        bad[i] = reason
+
+    t0 = time.perf_counter()
+    pool = Pool(opts.workers or default_workers(), len(paths))
+    try:
+        headers = read_headers(pool, paths, on_bad, opts.progress)
+        good = [i for i in range(len(paths)) if headers[i] is not None]
+        if not good:
+            raise SelfSupError(f"every image in {root} is unreadable ({len(bad)} skipped)")
+        size, channels, hw, note = _plan([headers[i] for i in good], opts.image_size)
+        if note:
+            _say(f"{root}: {note}")
+        out = torch.empty((len(good), channels, *hw), dtype=torch.uint8)
+        decode_into(out, pool, [paths[i] for i in good], size, channels == 1, background,
+                    lambda j, reason: on_bad(good[j], reason), opts.progress)
+    finally:
+        pool.close()
+    seconds = time.perf_counter() - t0
+    rows = [j for j, i in enumerate(good) if i not in bad]
+    if len(rows) < len(good):  # move the good rows up in place; the tail is dropped with a view, not a copy
+        for dst, src in enumerate(rows):
+            if dst != src:
+                out[dst] = out[src]
+        out = out[:len(rows)]
+    if len(paths) >= 100 or bad:
+        _say(f"{root}: decoded {len(paths)} images in {seconds:.1f}s ({len(paths) / seconds:.0f} images/s, "
+             f"{pool.workers} worker(s))" + (f"; skipped {len(bad)} bad file(s)" if bad else ""))
+    return out, [paths[i] for i in sorted(bad)], note

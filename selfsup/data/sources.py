@@ -8,7 +8,7 @@ from typing import Callable
 from selfsup.data.arrays import load_idx_image_file, load_label_file, load_npy, load_npz
 from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
-from selfsup.data.folder import load_folder
+from selfsup.data.folder import FolderOptions, load_folder
 from selfsup.data.idx import looks_like_idx_images
 from selfsup.data.text import TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder, looks_like_text_folder
 from selfsup.data.types import Dataset
@@ -62,8 +62,12 @@ def load_idx_images(path: str, labels: str | None = None) -> Dataset:
     return Dataset(images, y, name=path)
 
 
-def load_data(src: str, split: str = "train", labels: str | None = None) -> Dataset | None:
-    """Decode SRC's `split` to CPU tensors; None for "test" when the source has no separate test split."""
+def load_data(src: str, split: str = "train", labels: str | None = None,
+              folder: FolderOptions | None = None) -> Dataset | None:
+    """Decode SRC's `split` to CPU tensors; None for "test" when the source has no separate test split.
+
+    `folder`: how an image folder is decoded (size, background, bad files, cache); other sources ignore it.
+    """
     if split not in SPLITS:
         raise SelfSupError(f"unknown split {split!r}: expected 'train' or 'test'")
     src = os.fspath(src)
@@ -81,7 +85,7 @@ def load_data(src: str, split: str = "train", labels: str | None = None) -> Data
             return load_mnist_dir(path, split)
         if looks_like_text_folder(path):
             return load_text_folder(path) if split == "train" else None
-        return load_folder(path) if split == "train" else None  # a folder is one split: nothing to decode for "test"
+        return load_folder(path, folder) if split == "train" else None  # a folder is one split: nothing to decode for "test"
 
     loader = _file_loader(path)
     # single files hold one split: the caller makes its own holdout

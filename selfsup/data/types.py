@@ -16,7 +16,8 @@ class Dataset:
     kind "image": x is uint8 (N, C, H, W). kind "tokens": x is int64 (N, L) token ids, right-padded with
     `pad_id`, ids below `vocab_size`. kind "text": raw documents in `texts`, x an empty (N, 0) until a run's
     tokenizer makes it "tokens" (which keep `texts`: the raw strings evaluation's TF-IDF baseline reads).
-    Labels (N,), paths and class names are optional.
+    Labels (N,), paths and class names are optional; `skipped` lists the files a folder source left out as
+    unreadable (--skip-bad).
     """
 
     x: torch.Tensor
@@ -28,6 +29,7 @@ class Dataset:
     vocab_size: int | None = None  # tokens only
     pad_id: int = 0  # tokens only
     texts: list[str] | None = None  # text and tokens from text: one raw document per sample
+    skipped: list[str] | None = None
 
     def __len__(self) -> int:
         """Number of samples."""

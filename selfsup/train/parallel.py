@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import Config
+from ..config import Config, folder_options
 from ..data import Dataset, load_data
 from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens
 from ..distributed import all_digests, broadcast_, broadcast_object, rank, world_size
@@ -54,7 +54,8 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
         return run
     paths = RunPaths(Path(shared["root"]))
     if train is None:
-        train = load_data(shared["cfg"]["data"], "train", labels=shared["cfg"]["labels"])
+        cfg_all = Config.from_dict(shared["cfg"])
+        train = load_data(cfg_all.data, "train", labels=cfg_all.labels, folder=folder_options(cfg_all))
         if shared["index"] is not None:
             train = train.subset(complement(len(train), torch.tensor(shared["index"], dtype=torch.long)))
         if shared["tokenizer"] is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, resolve, validate
+from ..config import Config, folder_options, resolve, validate
 from ..data import Dataset, load_data
 from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_tokenizer, save_tokenizer
 from ..distributed import world_size
@@ -76,7 +76,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
             cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
             ckpt = load_checkpoint(paths.last)
             check_resume_world(ckpt)
-            full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels)
+            full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels,
+                                                             folder=folder_options(cfg))
             index = None if train is not None else load_holdout(paths, len(full))
             data, note = without_holdout(cfg, full, index, own_test=index is None and saved.holdout > 0)
             data = as_tokens(data, run_tokenizer(paths.root))  # text: the run's own tokenizer, never refitted
@@ -95,7 +96,9 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     if train is not None:
         full, index, data, note = train, None, train, "given by the caller, used whole"
     else:
-        full = load_data(cfg.data, "train", labels=cfg.labels)
+        full = load_data(cfg.data, "train", labels=cfg.labels, folder=folder_options(cfg))
+        if cfg.image_size is not None and full.paths is None:
+            raise SelfSupError(f"--image-size applies to image folders; {cfg.data} is not one")
         index = new_holdout(cfg, full)
         data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
     if len(data) < 2:
@@ -112,6 +115,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         save_holdout(paths, cfg, len(full), index)
     if tokenizer is not None:
         save_tokenizer(tokenizer, paths.root / TOKENIZER_FILE)
+    if full.skipped:
+        paths.skipped.write_text("".join(p + "\n" for p in full.skipped))
     cfg.save(paths.config)
     return OpenRun(cfg, paths, lock, data, note, None)
 
