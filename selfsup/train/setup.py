@@ -19,6 +19,7 @@ from ..config import Config, resolve, validate
 from ..data import Dataset, load_data
 from ..errors import SelfSupError
 from ..evaluate.subsets import complement, holdout_indices
+from ..methods import get_method, parse_hparams
 from ..rundir import RunLock, RunPaths, load_holdout, save_holdout
 from .checkpoint import load_checkpoint
 
@@ -96,6 +97,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
     if len(data) < 2:
         raise SelfSupError(f"{cfg.data} has {len(data)} sample(s) for pretraining; it needs at least 2")
+    method = get_method(cfg.method)  # e.g. colorization refuses grayscale images, before anything is written
+    method.check_data(data, parse_hparams(method.name, method.Hparams, cfg.method_args))
     cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
