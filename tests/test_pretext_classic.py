@@ -177,7 +177,7 @@ def test_ab_bins_soft_encoding_and_rebalancing():
 
 # ------------------------------------------------------------------------------ the methods themselves
 
-def colour_array(path, n=240, side=16):
+def colour_array(path, n=320, side=16):
     """RGB images whose colour follows their lightness and class (so colour is predictable from L)."""
     g = np.random.default_rng(0)
     base = g.random((n, side // 4, side // 4))
@@ -195,32 +195,42 @@ def run_cli(capsys, *args):
     return code, out, err
 
 
-CASES = {  # method -> (data, settings, features, the log that must beat chance, chance)
-    "rotation": ("digits", [], 256, "rot_acc", 0.25),
-    "relative_position": ("digits", [], 256, "pos_acc", 0.125),
-    "jigsaw": ("digits", ["--permutations", "8"], 256, "perm_acc", 0.125),
-    "colorization": (None, [], 256, "bin_acc", None),
+def digits_array(path, n=400):
+    """The first n of sklearn's digits (8 x 8) as an .npz: a CLI source small enough for a few CPU seconds."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    np.savez(path, images=np.round(d.images[:n] * 255 / 16).astype(np.uint8), labels=d.target[:n])
+    return path
+
+
+CASES = {  # method -> (RGB data?, settings, the log that must beat chance, chance)
+    "rotation": (False, [], "rot_acc", 0.25),
+    "relative_position": (False, ["--lr", "3e-3"], "pos_acc", 0.125),
+    "jigsaw": (False, ["--permutations", "8"], "perm_acc", 0.125),
+    "colorization": (True, [], "bin_acc", None),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_method_learns_and_runs_pretrain_eval_embed_through_the_cli(name, tmp_path, capsys):
-    data, settings, dim, acc, chance = CASES[name]
-    data = data or colour_array(tmp_path / "colour.npz")
+    rgb, settings, acc, chance = CASES[name]
+    data = colour_array(tmp_path / "colour.npz") if rgb else digits_array(tmp_path / "digits.npz")
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "pretrain", "--method", name, "--data", data, "--out", run, "--device", "cpu",
-                           "--epochs", "4", "--batch-size", "64", "--knn-every", "0", "--no-progress", *settings)
+                           "--epochs", "4", "--batch-size", "64", "--warmup-epochs", "0", "--knn-every", "0",
+                           "--no-progress", *settings)
     assert code == 0, err
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["loss"] < 0.9 * recs[0]["loss"], [r["loss"] for r in recs]  # the loss falls
     if chance is not None:
-        assert recs[-1]["logs"][acc] > 1.5 * chance  # the task is being solved, not guessed
+        assert recs[-1]["logs"][acc] > 1.5 * chance, recs[-1]  # the task is being solved, not guessed
     code, out, err = run_cli(capsys, "eval", run, "--fractions", "100%", "--protocols", "knn,linear", "--no-progress")
     assert code == 0, err
-    assert f"| {name} (ours) |" in out and "random init" in out
-    code, _, err = run_cli(capsys, "embed", run, "--data", data, "--split", "test", "--out", tmp_path / "f.npz")
+    assert f"| {name} (ours) |" in out and "random init" in out and "raw pixels" in out
+    code, _, err = run_cli(capsys, "embed", run, "--data", data, "--out", tmp_path / "f.npz")
     assert code == 0, err
-    assert np.load(tmp_path / "f.npz")["features"].shape[1] == dim
+    assert np.load(tmp_path / "f.npz")["features"].shape[1] == 256  # the small CNN's features
     if name == "jigsaw":  # the permutation set travels in the checkpoint
         saved = load_checkpoint(run / "checkpoints" / "last.pt")["model"]["permutations"]
         assert torch.equal(saved, hamming_permutations(8, 9, seed=0))
@@ -241,6 +251,10 @@ def test_colorization_encoder_takes_lightness_and_grayscale_data_is_refused(tmp_
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "needs RGB images" in lines[0] and "1-channel" in lines[0]
     assert not (tmp_path / "r").exists()  # refused before anything was written
+    np.savez(tmp_path / "tiny.npz", images=np.zeros((20, 6, 6), np.uint8))
+    code, _, err = run_cli(capsys, "pretrain", "--method", "relpos", "--data", tmp_path / "tiny.npz", "--out",
+                           tmp_path / "t", "--device", "cpu")
+    assert code == 2 and "too small for a 3x3 grid" in err and not (tmp_path / "t").exists()
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -11,7 +11,7 @@ from ..errors import SelfSupError
 from ..losses import top1
 from ..models.backbones import MLPEncoder
 from ..models.encoder import Encoder
-from ..views.color import ab_bins, nearest_bin, rebalance_weights, rgb_to_lab, soft_encode
+from ..views.color import ab_bins, rebalance_weights, rgb_to_lab, soft_encode
 from ..views.ops import random_hflip, to_float
 from .base import Method, OptimDefaults
 from .hparams import setting
@@ -125,10 +125,10 @@ class Colorization(Method):
         lab = rgb_to_lab(x)
         ab = F.adaptive_avg_pool2d(lab[:, 1:], self.out_size)  # ab: B x 2 x h' x w'
         ab = ab.permute(0, 2, 3, 1).reshape(-1, 2)  # ab: B*h'*w' x 2
-        hard = nearest_bin(ab, self.bins)
+        target = soft_encode(ab, self.bins, self.hp.neighbours, self.hp.sigma)  # target: B*h'*w' x Q
+        hard = target.argmax(dim=1)  # the nearest bin
         self.bin_counts += torch.bincount(hard, minlength=len(self.bins)).to(self.bin_counts)
         w = rebalance_weights(self.bin_counts, self.bins, self.hp.rebalance, self.hp.sigma)[hard]
-        target = soft_encode(ab, self.bins, self.hp.neighbours, self.hp.sigma)
         return {"L": (lab[:, :1] / 100.0 - L_MEAN) / L_STD, "target": target, "weight": w, "bin": hard}
 
     def forward(self, batch):

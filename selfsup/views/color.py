@@ -70,11 +70,11 @@ def nearest_bin(ab: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 def soft_encode(ab: torch.Tensor, centres: torch.Tensor, k: int = 5, sigma: float = 5.0) -> torch.Tensor:
     """Zhang et al.'s soft target: each (N, 2) ab value spread over its k nearest bins with a Gaussian of width
-    sigma (5 and 5 in the paper), so near-equal colours get near-equal targets. Returns (N, Q), rows sum to 1."""
+    sigma (5 and 5 in the paper), so near-equal colours get near-equal targets. Returns (N, Q), rows sum to 1;
+    a row's largest entry is its nearest bin."""
     d = torch.cdist(ab.float(), centres.to(ab.device))  # d: N x Q
     dist, idx = d.topk(k, dim=1, largest=False)
-    w = torch.exp(-dist.pow(2) / (2 * sigma ** 2))
-    w = w / w.sum(dim=1, keepdim=True)
+    w = torch.softmax(-dist.pow(2) / (2 * sigma ** 2), dim=1)  # exp(-d^2 / 2 sigma^2), normalised
     return torch.zeros_like(d).scatter_(1, idx, w)
 
 
