@@ -61,7 +61,7 @@ class NoHparams:
 
 class Method(nn.Module):
     """Base class of every pretext task. Subclasses declare the class attributes and implement
-    ``make_batch`` and ``forward``; they may override ``encoder``, ``encoder_spec`` and ``on_step_end``."""
+    ``make_batch`` and ``forward``; they may override ``encoder``, ``encoder_spec``, ``check_data`` and ``on_step_end``."""
 
     name: ClassVar[str] = ""  # registry key: --method NAME
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -91,6 +91,12 @@ class Method(nn.Module):
     def fit_to_data(cls, hp, n: int, batch_size: int):
         """Settings fitted to the number of training samples (MoCo: the queue); resolved into config.yaml."""
         return hp
+
+    @classmethod
+    def check_data(cls, data, hp) -> None:
+        """Refuse data this method cannot learn from with these settings (a one-line SelfSupError: colorization
+        on grayscale images, a patch grid too big for the images). Called with the pretraining Dataset before the
+        run directory is created, so a refusal writes nothing."""
 
     @classmethod
     def encoder_spec(cls, spec: DataSpec) -> DataSpec:

@@ -21,6 +21,7 @@ from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_
 from ..distributed import world_size
 from ..errors import SelfSupError
 from ..evaluate.subsets import complement, holdout_indices
+from ..methods import get_method, parse_hparams
 from ..rundir import RunLock, RunPaths, load_holdout, save_holdout
 from .checkpoint import load_checkpoint
 
@@ -105,6 +106,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         raise SelfSupError(f"{cfg.data} has {len(data)} sample(s) for pretraining; it needs at least 2")
     tokenizer = fit_for(data, cfg.vocab_size, cfg.seq_len)  # text: fitted to the pretraining split only
     data = as_tokens(data, tokenizer)
+    method = get_method(cfg.method)  # e.g. colorization refuses grayscale images, before anything is written
+    method.check_data(data, parse_hparams(method.name, method.Hparams, cfg.method_args))
     cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
     try:
         paths.root.mkdir(parents=True, exist_ok=True)

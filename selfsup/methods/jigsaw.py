@@ -1,0 +1,90 @@
+"""Jigsaw puzzles: which permutation of a fixed set shuffled the 3x3 tiles? (Noroozi & Favaro 2016)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SelfSupError
+from ..losses import top1
+from ..models.backbones import MLPEncoder
+from ..models.heads import mlp_head
+from ..views.ops import normalize, random_grayscale, to_float
+from ..views.pretext import hamming_permutations, min_hamming, random_jigsaw, resize_patches, standardize_tiles
+from .base import Method, OptimDefaults
+from .hparams import setting
+from .registry import register
+from .relative_position import default_patch_px
+
+
+@register
+class Jigsaw(Method):
+    """The context-free network: the shared backbone on each of the 9 tiles, a per-tile fc, the 9 tile codes
+    concatenated in shuffled order, and an MLP classifying which permutation of the set was applied.
+
+    The permutation set (`permutations` buffer, N x 9) is generated deterministically by greedy max-min
+    Hamming selection and lives in the state dict, so every checkpoint carries the exact set it was trained
+    with. Guards against shortcuts, as in the paper: tiles cover `tile` of their grid cell at a random offset
+    (random gaps, no edges to match), each tile is standardised on its own (no brightness/contrast matching),
+    and RGB tiles are grayscaled with probability `gray_p` (against chromatic aberration, as the authors' later
+    code does). Tiles of small images are 6-18 px and are resized to `tile_px` for the backbone.
+    """
+
+    name = "jigsaw"
+    paper = "Noroozi & Favaro 2016, Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles (ECCV)"
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.05),
+                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4)}
+
+    @dataclass
+    class Hparams:
+        permutations: int = setting(100, "size of the permutation set = number of classes (the paper: 100-1000)")
+        perm_seed: int = setting(0, "seed of the first permutation of the greedy max-min-Hamming set")
+        tile: float = setting(0.75, "tile side as a fraction of its grid cell (the paper: 64/75); the rest is a "
+                                    "random gap")
+        tile_px: int | None = setting(None, "side the tiles are resized to (None: half the image side, >= 16)")
+        tile_dim: int = setting(128, "width of each tile's code before concatenation (the paper's fc6: 512)")
+        hidden: int = setting(512, "hidden width of the permutation classifier (the paper's fc7: 4096)")
+        gray_p: float = setting(0.3, "probability of grayscaling an RGB puzzle")
+
+        def __post_init__(self):
+            if not 2 <= self.permutations <= 362880:
+                raise ValueError("permutations must be between 2 and 9! = 362880")
+            if not 0 < self.tile <= 1 or self.tile_dim < 1 or self.hidden < 1 or not 0 <= self.gray_p <= 1:
+                raise ValueError("tile must be in (0, 1], tile_dim and hidden >= 1, gray_p in [0, 1]")
+            if self.tile_px is not None and self.tile_px < 4:
+                raise ValueError("tile_px must be >= 4")
+
+    def __init__(self, spec, hp, backbone):
+        super().__init__(spec, hp, backbone)
+        if isinstance(self.backbone, MLPEncoder):
+            raise SelfSupError(f"{self.name} feeds patches smaller than the image to the backbone: choose a conv "
+                               "backbone (small_cnn, resnet18, resnet50), not mlp")
+        self.register_buffer("permutations", hamming_permutations(hp.permutations, 9, hp.perm_seed))
+        self.tile_px = hp.tile_px or default_patch_px(min(spec.shape[1:]))
+        self.tile_fc = nn.Sequential(nn.Linear(self.backbone.feature_dim, hp.tile_dim), nn.ReLU(inplace=True))
+        self.head = mlp_head(9 * hp.tile_dim, hp.hidden, hp.permutations)
+
+    def describe(self):
+        h, w = self.spec.shape[1:]
+        t = (round(self.hp.tile * (h // 3)), round(self.hp.tile * (w // 3)))
+        return (f"{self.hp.permutations} permutations, minimum Hamming distance {min_hamming(self.permutations)}; "
+                f"tiles {t[0]}x{t[1]} px in {h // 3} px cells, resized to {self.tile_px} px")
+
+    def make_batch(self, x, generator):
+        """Shuffled, standardised tiles (B, 9, C, t, t) and the index of the permutation that shuffled them."""
+        x = to_float(x)
+        if x.shape[1] == 3 and self.hp.gray_p > 0:
+            x = random_grayscale(x, self.hp.gray_p, generator)
+        tiles, index, _ = random_jigsaw(x, self.permutations, self.hp.tile, generator)
+        b, t = tiles.shape[:2]
+        tiles = resize_patches(tiles.flatten(0, 1), self.tile_px)  # tiles: 9B x C x p x p
+        tiles = standardize_tiles(normalize(tiles, self.spec.mean, self.spec.std))
+        return {"tiles": tiles, "perm": index}
+
+    def forward(self, batch):
+        tiles, perm = batch["tiles"], batch["perm"]
+        codes = self.tile_fc(self.backbone(tiles))  # codes: 9B x tile_dim, tile-major within each puzzle
+        logits = self.head(codes.reshape(perm.shape[0], -1))  # logits: B x permutations
+        return F.cross_entropy(logits, perm), {"perm_acc": top1(logits, perm)}

@@ -1,0 +1,102 @@
+"""Relative patch position: where does a patch lie relative to the centre patch? (Doersch et al. 2015)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SelfSupError
+from ..losses import top1
+from ..models.backbones import MLPEncoder
+from ..models.heads import mlp_head
+from ..views.ops import normalize, to_float, to_grayscale
+from ..views.pretext import patch_grid, random_drop_colour, random_relative_pairs, resize_patches
+from .base import Method, OptimDefaults
+from .hparams import setting
+from .registry import register
+
+
+def default_patch_px(side: int) -> int:
+    """The side patches are resized to for the encoder: half the image side, at least 16 px, at most the side."""
+    return min(side, max(16, side // 2))
+
+
+@register
+class RelativePosition(Method):
+    """Shared backbone on the centre patch and one of its 8 neighbours; an 8-way head on the two features
+    concatenated (Doersch et al.'s late fusion: fc layers after the two towers, 'pair classification').
+
+    The paper's guards against trivial solutions: a gap between patches (half a patch) and up to ~7/96 of a
+    patch of random jitter each, so no edge or texture runs from one patch into the next; and against
+    chromatic aberration (lens colour fringes that reveal a patch's place in the frame) either colour dropping
+    (two of three channels replaced by faint noise, the paper's choice) or grayscale. Patches of small images
+    are 6-14 px and are resized to `patch_px` so a stride-2 stem keeps a feature map.
+    """
+
+    name = "relative_position"
+    aliases = ("relpos", "context_prediction", "doersch")
+    paper = "Doersch et al. 2015, Unsupervised Visual Representation Learning by Context Prediction (ICCV)"
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.05),
+                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4)}
+
+    @dataclass
+    class Hparams:
+        gap: float = setting(0.5, "gap between neighbouring patches, in patch sides (the paper: 48 of 96 px)")
+        jitter: float = setting(0.15, "largest random shift of each patch, in patch sides (at least 1 px, "
+                                      "always under half the gap)")
+        patch_px: int | None = setting(None, "side the patches are resized to (None: half the image side, >= 16)")
+        colour: Literal["drop", "gray", "keep"] = setting(
+            "drop", "against chromatic aberration: drop two colour channels per patch (paper), grayscale, or keep")
+        hidden: int = setting(512, "hidden width of the pair classifier")
+
+        def __post_init__(self):
+            if self.gap <= 0 or self.jitter < 0 or self.hidden < 1 or (self.patch_px is not None and self.patch_px < 4):
+                raise ValueError("gap must be > 0, jitter >= 0, hidden >= 1 and patch_px >= 4")
+
+    @classmethod
+    def grid_for(cls, shape, hp):
+        """The patch grid of (C, H, W) images, or a one-line error when they are too small for one."""
+        try:
+            return patch_grid(shape[1], shape[2], hp.gap, hp.jitter)
+        except ValueError as e:
+            raise SelfSupError(f"{cls.name}: {e}") from None
+
+    @classmethod
+    def check_data(cls, data, hp):
+        cls.grid_for(tuple(data.x.shape[1:]), hp)
+
+    def __init__(self, spec, hp, backbone):
+        super().__init__(spec, hp, backbone)
+        h, w = spec.shape[1:]
+        if isinstance(self.backbone, MLPEncoder):
+            raise SelfSupError(f"{self.name} feeds patches smaller than the image to the backbone: choose a conv "
+                               "backbone (small_cnn, resnet18, resnet50), not mlp")
+        self.grid = self.grid_for(spec.shape, hp)
+        self.patch_px = hp.patch_px or default_patch_px(min(h, w))
+        self.head = mlp_head(2 * self.backbone.feature_dim, hp.hidden, 8)
+
+    def describe(self):
+        g = self.grid
+        return (f"patches {g.patch[0]}x{g.patch[1]} px, gap {g.gap[0]}, jitter +-{g.jitter[0]}, "
+                f"resized to {self.patch_px} px")
+
+    def make_batch(self, x, generator):
+        """Centre and neighbour patches of every image (resized, normalised) and the neighbour's label 0..7."""
+        centre, other, label, _ = random_relative_pairs(to_float(x), self.grid, generator)
+        b = x.shape[0]
+        pairs = resize_patches(torch.cat([centre, other]), self.patch_px)  # pairs: 2B x C x p x p
+        if self.hp.colour == "gray":
+            pairs = to_grayscale(pairs, torch.ones(2 * b, dtype=torch.bool, device=pairs.device))
+        pairs = normalize(pairs, self.spec.mean, self.spec.std)
+        if self.hp.colour == "drop":
+            pairs, _ = random_drop_colour(pairs, generator)  # noise around the mean, after normalising
+        return {"centre": pairs[:b], "other": pairs[b:], "pos": label}
+
+    def forward(self, batch):
+        f = self.backbone(torch.cat([batch["centre"], batch["other"]]))  # f: 2B x D
+        fc, fo = f.chunk(2)
+        logits = self.head(torch.cat([fc, fo], dim=1))  # logits: B x 8
+        return F.cross_entropy(logits, batch["pos"]), {"pos_acc": top1(logits, batch["pos"])}
+
