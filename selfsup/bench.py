@@ -24,12 +24,14 @@ import torch
 
 from . import api
 from .bench_report import write_report
-from .config import Config
-from .data import load_data
+from .config import Config, resolve
+from .data import load_data, spec_of
 from .device import pick_device
 from .errors import SelfSupError
-from .methods import canonical_name
+from .methods import canonical_name, get_method
 from .methods import methods as registered_methods
+from .models.backbones import build_backbone
+from .models.layers import POOLED, check_layer
 from .rundir import RunPaths
 from .train.checkpoint import load_checkpoint
 from .train.logging import read_jsonl
@@ -111,6 +113,16 @@ def _choose_methods(names, data: str) -> list[str]:
         return list(dict.fromkeys(chosen))
     kind = load_data(data, "train").kind
     return [name for name, cls in registered_methods().items() if cls.modality == kind]
+
+
+def _check_layer(names: list[str], data: str, backbone: str | None, layer: str, device: torch.device) -> None:
+    """A named layer must exist in every method's backbone: refused before any training, not after."""
+    if layer in ("best", POOLED):
+        return
+    spec = spec_of(load_data(data, "train"))
+    for name in names:
+        cfg = resolve(Config(method=name, data=data, backbone=backbone), device.type)
+        check_layer(build_backbone(cfg.backbone, get_method(name).encoder_spec(spec)), layer)
 
 
 def _save(path: Path, state: dict) -> None:
@@ -199,6 +211,7 @@ def bench(methods: str | list[str] | None = None, data: str = "fashion-mnist", o
         raise SelfSupError(f"--finetune-fraction must be in (0, 1], got {finetune_fraction}")
     dev = pick_device(device)
     names = _choose_methods(methods, data)
+    _check_layer(names, data, backbone, layer, dev)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
