@@ -227,6 +227,7 @@ def bench(methods: str | list[str] | None = None, data: str = "fashion-mnist", o
         entry = state["methods"].setdefault(name, {})
         entry.pop("skipped", None)
         print(f"bench: {name} ({budget.describe()})", file=sys.stderr, flush=True)
+        _save(out / "bench.json", state)
         try:
             _pretrain(name, out / name, protocol, budget, entry, progress)
             _save(out / "bench.json", state)
