@@ -210,6 +210,8 @@ def bench(methods: str | list[str] | None = None, data: str = "fashion-mnist", o
     if not 0 < finetune_fraction <= 1:
         raise SelfSupError(f"--finetune-fraction must be in (0, 1], got {finetune_fraction}")
     dev = pick_device(device)
+    if threads:  # for the evaluations too, also when every pretraining is reused
+        torch.set_num_threads(threads)
     names = _choose_methods(methods, data)
     _check_layer(names, data, backbone, layer, dev)
     out = Path(out)
