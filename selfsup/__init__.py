@@ -1,6 +1,7 @@
 """selfsup: self-supervised representation learning with honest evaluation."""
 from .api import Config, embed, evaluate, pretrain
+from .bench import bench
 from .errors import SelfSupError
 
 __version__ = "0.1.0"
-__all__ = ["Config", "SelfSupError", "embed", "evaluate", "pretrain", "__version__"]
+__all__ = ["Config", "SelfSupError", "bench", "embed", "evaluate", "pretrain", "__version__"]

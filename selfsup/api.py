@@ -17,6 +17,7 @@ from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
+from .evaluate.layers import choose_layer
 from .evaluate.report import FINETUNE_STARTS, PROTOCOLS
 from .evaluate.tuning import KNN_KS, L2_GRID
 from .evaluate.subsets import complement, eval_splits
@@ -99,20 +100,39 @@ def augment_for(spec: DataSpec):
     return finetune_views(spec.shape[1:]) if spec.kind == "image" else None
 
 
+def _at_layers(run, train: Dataset, num_classes: int, dev, layer: str, by: str, seed: int, baselines: bool) -> tuple:
+    """(encoder, random-init factory, note) at `layer`; "best": each chosen on validation data carved from
+    the training split (evaluate/layers.py), the random-init baseline its own best, as carefully tuned."""
+    if layer != "best":
+        encoder = run.encoder.at_layer(layer)  # a one-line error for a layer the backbone lacks
+        return encoder, lambda: run.random_encoder(seed + 1).at_layer(layer), dict(layer=layer)
+    ours = choose_layer(run.encoder.to(dev), train.x, train.labels, num_classes, dev, by=by, seed=seed)
+    rand_enc = run.random_encoder(seed + 1).to(dev)
+    rand = choose_layer(rand_enc, train.x, train.labels, num_classes, dev, by=by, seed=seed) if baselines \
+        else dict(layer="pooled")
+    return (run.encoder.at_layer(ours["layer"]), lambda: rand_enc.at_layer(rand["layer"]),
+            dict(layer=ours["layer"], layer_choice=ours, random_layer=rand["layer"], random_layer_choice=rand))
+
+
 def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None = None,
              fractions=(0.01, 0.1, 1.0), protocols=PROTOCOLS, baselines: bool = True, k: int = 200,
              temperature: float = 0.1, finetune_epochs: int | None = None, finetune_max_steps: int | None = None,
-             device: str = "auto", seed: int = 0, progress: bool | None = None, image_size: int | None = None,
+             device: str = "auto", seed: int = 0, progress: bool | None = None, layer: str = "pooled",
+             layer_by: str = "linear", finetune_fractions=None, image_size: int | None = None,
              skip_bad: bool | None = None, cache: bool | None = None) -> dict:
     """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md into the run dir.
 
     kNN is reported at the fixed protocol (k=200 capped at the smallest class, T=0.1) and with k tuned; the
     linear probe's L2 penalty is tuned; both on a validation split carved from each labelled subset (the same
     rule for every row). Fine-tuning trains for `finetune_epochs` (hardware default), at least the hardware's
-    floor of steps on small subsets, at most `finetune_max_steps` if given.
+    floor of steps on small subsets, at most `finetune_max_steps` if given, at `finetune_fractions` (default:
+    every fraction). `layer`: the backbone layer probed ("pooled", the default, is its output; "best" is chosen
+    by `layer_by` probe on a validation split of the training split, once, and used for every fraction).
     """
     _check_eval_args(fractions, protocols, k, temperature, finetune_epochs, finetune_max_steps)
     run = load_run(run_dir)
+    if layer != "best":
+        run.encoder.at_layer(layer)  # an unknown layer is refused before any data is read
     dev = pick_device(device)
     src = data or run.config.data
     own = _same_source(src, run.config.data)
@@ -125,12 +145,15 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     budget = eval_defaults(dev)
     finetune_epochs = finetune_epochs or budget["finetune_epochs"]
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    encoder, make_random, layer_note = _at_layers(run, train, num_classes, dev, layer, layer_by, seed, baselines)
     result = evaluate_encoder(
-        run.encoder, lambda: run.random_encoder(seed + 1), train.x, train.labels, test.x, test.labels, num_classes,
+        encoder, make_random, train.x, train.labels, test.x, test.labels, num_classes,
         dev, kind=run.spec.kind, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
         baselines=baselines, k=k, temperature=temperature, finetune_epochs=finetune_epochs,
         finetune_max_steps=finetune_max_steps, finetune_min_steps=budget["finetune_min_steps"],
-        augment=augment_for(run.spec), seed=seed, progress=progress is not False, raw=(train.raw, test.raw))
+        augment=augment_for(run.spec), seed=seed, progress=progress is not False, raw=(train.raw, test.raw),
+        finetune_fractions=finetune_fractions)
+    result.update(**layer_note)
     result.update(run_dir=str(run_dir), method=run.config.method, backbone=run.config.backbone,
                   pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
                   finetune_epochs=finetune_epochs, finetune_min_steps=budget["finetune_min_steps"],
@@ -162,19 +185,47 @@ def _markdown_report(result: dict) -> str:
             + ("each the start that validated better for it." if all(v.get("validated", True) for v in
                                                                      result["finetune_start"].values())
                else "common settings, not validated on this data."))
+    head += _layer_line(result)
     return head + "\n\n" + format_markdown(result)
 
 
+def _layer_line(result: dict) -> str:
+    """The report's note on the layer probed; nothing for the default (the table reads as it always did)."""
+    if "layer_choice" in result:
+        c, r = result["layer_choice"], result["random_layer_choice"]
+        scores = ", ".join(f"{n} {100 * v:.1f}" for n, v in c["scores"].items())
+        rand = f" (random init: {result['random_layer']})" if "scores" in r else ""
+        return (f"\nLayer: {result['layer']}{rand}, each the layer whose {c['by']} "
+                f"probe validated best on {c['validation']} of {c['samples']} training samples (a seeded, "
+                f"class-balanced 20% split; never the test split); validation accuracy by layer: {scores}.")
+    return "" if result.get("layer", "pooled") == "pooled" else f"\nLayer: {result['layer']} (both encoders)."
+
+
+def _embed_layer(run_dir: Path, layer: str) -> str:
+    """`layer`, or for "best" the layer `selfsup eval --layer best` chose for this run (read from eval.json)."""
+    if layer != "best":
+        return layer
+    saved = run_dir / "eval.json"
+    chosen = json.loads(saved.read_text()).get("layer_choice") if saved.is_file() else None
+    if not chosen:
+        raise SelfSupError(f"--layer best needs the layer chosen by 'selfsup eval {run_dir} --layer best' "
+                           "(no such choice in its eval.json); run that first or name a layer")
+    return chosen["layer"]
+
+
 def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "train", labels: str | None = None,
-          device: str = "auto", batch_size: int = 1024, image_size: int | None = None,
+          device: str = "auto", batch_size: int = 1024, layer: str = "pooled", image_size: int | None = None,
           skip_bad: bool | None = None, cache: bool | None = None) -> Path:
-    """Write the encoder's features of every sample of `data`, in input order, to .npy or .npz."""
+    """Write the encoder's features of every sample of `data`, in input order, to .npy or .npz.
+
+    `layer`: the backbone layer ("pooled" by default; "best": the one `evaluate(..., layer="best")` chose)."""
     out = Path(out)
     if batch_size < 1:
         raise SelfSupError(f"--batch-size must be an integer >= 1, got {batch_size}")
     if out.suffix not in (".npy", ".npz"):
         raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
     run = load_run(run_dir)
+    encoder = run.encoder.at_layer(_embed_layer(Path(run_dir), layer))
     dev = pick_device(device)
     folder = run_folder_options(run, _same_source(data, run.config.data), image_size=image_size,
                                 skip_bad=skip_bad, cache=cache)
@@ -183,7 +234,7 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
         raise SelfSupError(f"{data} has no {split!r} split")
     _check_compatible(samples, run.spec, data)
     t0 = time.perf_counter()
-    feats = extract_features(run.encoder.to(dev), samples.x, dev, batch_size=batch_size)
+    feats = extract_features(encoder.to(dev), samples.x, dev, batch_size=batch_size)
     feats = feats.cpu().numpy().astype(np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":

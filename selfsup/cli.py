@@ -137,6 +137,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                                                        "subsets get at least 500 GPU / 150 CPU steps)")
     g.add_argument("--finetune-max-steps", type=int, help="cap on fine-tuning steps per job (default: none)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
+    g.add_argument("--layer", default="pooled", help="backbone layer to probe: pooled (default, the backbone's "
+                   "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2), or best: the one "
+                   "whose probe validates best on a split of the training labels (never the test split)")
+    g.add_argument("--layer-by", choices=("linear", "knn"), default="linear",
+                   help="probe that chooses --layer best (default linear)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -155,7 +160,7 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     """The parser; `pretrain` carries the flags of `method`'s settings."""
     p = Parser(prog="selfsup", description="Self-supervised pretraining and honest evaluation.", epilog=MAIN_JOB)
     _add_common(p)
-    sub = p.add_subparsers(dest="command", metavar="{pretrain,eval,embed,methods}")
+    sub = p.add_subparsers(dest="command", metavar="{pretrain,eval,embed,bench,methods}")
     pt = sub.add_parser("pretrain", help="pretrain an encoder with a pretext task",
                         description="Pretrain an encoder; writes RUN_DIR/config.yaml, metrics.jsonl, checkpoints/, plots/.")
     _add_pretrain_args(pt, method)
@@ -178,11 +183,16 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     em.add_argument("--labels", help="label file for .npy/IDX data")
     em.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if present)")
     em.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass (default 1024)")
+    em.add_argument("--layer", default="pooled", help="backbone layer: pooled (default), a named one, or best: the "
+                                                      "one 'selfsup eval --layer best' chose for this run")
     _add_folder_args(em)
+    from .bench_cli import add_bench_parser
+
+    bn = add_bench_parser(sub)
     me = sub.add_parser("methods", help="list the methods with their papers, data, settings and defaults",
                         description="Every registered method; with NAME, each of its settings explained.")
     me.add_argument("name", nargs="?", help="one method to explain in full")
-    for s in (pt, ev, em, me):
+    for s in (pt, ev, em, bn, me):
         _add_common(s)
     return p
 
@@ -226,7 +236,7 @@ def _eval_kwargs(a: argparse.Namespace) -> dict:
     protocols = tuple(p.strip() for p in a.protocols.split(",") if p.strip())
     return dict(fractions=a.fractions, protocols=protocols, baselines=not a.no_baselines, k=a.k,
                 temperature=a.knn_t, finetune_epochs=a.finetune_epochs, finetune_max_steps=a.finetune_max_steps,
-                seed=a.eval_seed)
+                seed=a.eval_seed, layer=a.layer, layer_by=a.layer_by)
 
 
 def describe_methods(name: str | None = None) -> str:
@@ -274,7 +284,11 @@ def _run(argv: list[str] | None) -> int:
         print(result["markdown"])
     elif args.command == "embed":
         api.embed(args.run_dir, args.data, args.out, split=args.split, labels=args.labels, device=args.device,
-                  batch_size=args.batch_size, **_folder_kwargs(args))
+                  batch_size=args.batch_size, layer=args.layer, **_folder_kwargs(args))
+    elif args.command == "bench":
+        from .bench_cli import run_bench
+
+        print(run_bench(args, progress)["markdown"])
     elif args.command == "methods":
         print(describe_methods(args.name))
     return 0

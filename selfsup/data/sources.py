@@ -6,6 +6,7 @@ import re
 from typing import Callable
 
 from selfsup.data.arrays import load_idx_image_file, load_label_file, load_npy, load_npz
+from selfsup.data.cifar10 import load_cifar10
 from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
 from selfsup.data.folder import FolderOptions, load_folder
@@ -31,6 +32,7 @@ def register_source(*names: str):
 register_source("fashion-mnist", "fmnist")(load_fashion_mnist)
 register_source("digits")(load_digits)
 register_source("fortunes")(load_fortunes)
+register_source("cifar10", "cifar-10")(load_cifar10)
 
 FILES = ("a folder of .png/.jpg/.jpeg images, a directory of MNIST-format IDX files, a .npy or .npz array, "
          "an IDX image file (*-idx3-ubyte[.gz]), a .txt/.tsv text file or a folder of text files")

@@ -47,7 +47,8 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
                      num_classes: int, device, *, kind: str = "image", name: str = "selfsup",
                      fractions: Sequence[float] = (0.01, 0.1, 1.0), protocols: Sequence[str] = PROTOCOLS,
                      baselines: bool = True, k: int = 200, temperature: float = 0.1, finetune_epochs: int = 10, finetune_max_steps: int | None = None, finetune_min_steps: int = 0,
-                     augment=None, seed: int = 0, progress: bool = True, raw: tuple | None = None) -> dict:
+                     augment=None, seed: int = 0, progress: bool = True, raw: tuple | None = None,
+                     finetune_fractions: Sequence[float] | None = None) -> dict:
     """Evaluate ``encoder`` (and, with ``baselines``, a random-init copy of its architecture and the raw input).
 
     The encoders take raw samples (``Encoder``). For every label fraction f the training subset is
@@ -55,6 +56,8 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
     Frozen features are extracted once per encoder (eval mode) for all train and test samples and then indexed.
     The encoder is moved to ``device``. ``raw`` = (train, test) inputs of the raw-input baseline: by default
     the images themselves; for text the documents (``Dataset.raw``), without which there is no such row.
+    ``finetune_fractions`` (default: all) limits fine-tuning, the costly
+    protocol, to those of the fractions.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -86,7 +89,8 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
 
     subsets = {f: class_balanced_subset(train_y, f, seed) for f in fractions}
     jobs = [(row, f, p) for row in rows for f in fractions for p in protocols
-            if not (rows[row][0] is None and p == "finetune")]  # raw input: nothing to fine-tune
+            if not (p == "finetune" and (rows[row][0] is None  # raw input: nothing to fine-tune
+                                         or (finetune_fractions is not None and f not in finetune_fractions)))]
     results = {(row, f): {"features": row, "fraction": f, "labels": int(subsets[f].numel()), "knn": None,
                           "knn_tuned": None, "linear": None, "finetune": None}
                for f in fractions for row in rows}

@@ -3,6 +3,8 @@
 Each maps a batch to pooled features (B, feature_dim) with `forward`, and with `forward_features` to a dict
 that also holds what it has of its intermediate outputs: "map" (B, C, h, w) for conv nets, "tokens" (B, L, D)
 for sequence models. Methods that need more than a pooled vector (inpainting, MAE, MLM) read those.
+Each also declares the layers evaluation can probe (``layer_names``, shallow to deep, and ``forward_layers``;
+see models/layers.py): "pooled" is its ``forward`` output.
 """
 from __future__ import annotations
 
@@ -65,6 +67,18 @@ class ResNet(nn.Module):
         fmap = n.layer4(n.layer3(n.layer2(n.layer1(x))))  # map: B x feature_dim x h x w
         return {"map": fmap, "pooled": torch.flatten(n.avgpool(fmap), 1)}
 
+    layer_names = ("layer1", "layer2", "layer3", "layer4")
+
+    def forward_layers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each residual stage's map (B, C_i, h_i, w_i) and the pooled output (B, feature_dim)."""
+        n = self.net
+        out = {}
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        for name in self.layer_names:
+            x = out[name] = getattr(n, name)(x)
+        out["pooled"] = torch.flatten(n.avgpool(x), 1)
+        return out
+
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -94,6 +108,16 @@ class SmallCNN(nn.Module):
         fmap = self.features[:4](x)  # map: B x 8w x h/8 x w/8 (stem stride 2)
         return {"map": fmap, "pooled": self.features[4:](fmap)}
 
+    layer_names = ("block1", "block2", "block3", "block4")
+
+    def forward_layers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each conv block's map (B, C_i, h_i, w_i) and the pooled output (B, feature_dim)."""
+        out = {}
+        for name, block in zip(self.layer_names, self.features[:4]):
+            x = out[name] = block(x)
+        out["pooled"] = self.features[4:](x)
+        return out
+
 
 class MLPEncoder(nn.Module):
     """The reference autoencoder's encoder: flattened pixels -> 512 -> 256 -> 64."""
@@ -114,6 +138,21 @@ class MLPEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pooled": self.net(x)}
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(f"hidden{i + 1}" for i in range((len(self.net) - 2) // 2))
+
+    def forward_layers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each hidden layer's activations after its ReLU (B, width_i) and the output (B, feature_dim)."""
+        out = {}
+        names = iter(self.layer_names)
+        for module in self.net:
+            x = module(x)
+            if isinstance(module, nn.ReLU):
+                out[next(names)] = x
+        out["pooled"] = x
+        return out
 
 
 def _small_images(spec: DataSpec) -> bool:
