@@ -108,8 +108,9 @@ def canonical_name(name: str) -> str:
     _discover()
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in _METHODS:
-        hint = nearest(key, [*_METHODS, *_ALIASES]) or " (a method of your own must be imported: --plugin MODULE)"
-        raise SelfSupError(f"unknown method {name!r}{hint}; choose from {', '.join(_METHODS)}")
+        hint = nearest(key, [*_METHODS, *_ALIASES])
+        raise SelfSupError(f"unknown method {name!r}{hint}; choose from {', '.join(_METHODS)} (a method of your own "
+                           "must be imported first: --plugin MODULE)")
     return key
 
 
