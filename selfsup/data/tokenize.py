@@ -63,6 +63,15 @@ def load_tokenizer(path: str | Path):
     return Tokenizer.from_file(str(path))
 
 
+def tokenizer_from_json(text: str | None):
+    """The tokenizer held in the text of a saved tokenizer.json (as sent between processes); None for None."""
+    if text is None:
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(text)
+
+
 def save_tokenizer(tok, path: str | Path) -> None:
     """Write the tokenizer (vocabulary, normaliser, template, truncation, padding) as one JSON file."""
     tok.save(str(path))

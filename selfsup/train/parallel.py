@@ -14,14 +14,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, folder_options
 from ..data import Dataset, load_data
-from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens
+from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, tokenizer_from_json
 from ..distributed import all_digests, broadcast_, broadcast_object, rank, world_size
 from ..errors import SelfSupError
-from ..evaluate.subsets import complement
 from ..methods import EMATeacher, Method
 from ..models.global_bn import convert_batchnorm
 from ..rundir import RunLock, RunPaths
-from .setup import OpenRun, open_run
+from .setup import OpenRun, open_run, without_holdout
 
 
 def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset | None) -> OpenRun:
@@ -52,18 +51,13 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
         raise SelfSupError(shared["error"])
     if run is not None:
         return run
-    paths = RunPaths(Path(shared["root"]))
-    if train is None:
-        cfg_all = Config.from_dict(shared["cfg"])
-        train = load_data(cfg_all.data, "train", labels=cfg_all.labels, folder=folder_options(cfg_all))
-        if shared["index"] is not None:
-            train = train.subset(complement(len(train), torch.tensor(shared["index"], dtype=torch.long)))
-        if shared["tokenizer"] is not None:
-            from tokenizers import Tokenizer
-
-            train = as_tokens(train, Tokenizer.from_str(shared["tokenizer"]))
-    return OpenRun(Config.from_dict(shared["cfg"]), paths, RunLock(paths.root), train, shared["note"],
-                   shared["ckpt"])
+    paths, run_cfg = RunPaths(Path(shared["root"])), Config.from_dict(shared["cfg"])
+    if train is None:  # the same samples rank 0 pretrains on: its holdout removed, its tokenizer applied
+        full = load_data(run_cfg.data, "train", labels=run_cfg.labels, folder=folder_options(run_cfg))
+        index = None if shared["index"] is None else torch.tensor(shared["index"], dtype=torch.long)
+        train = as_tokens(without_holdout(run_cfg, full, index, own_test=False)[0],
+                          tokenizer_from_json(shared["tokenizer"]))
+    return OpenRun(run_cfg, paths, RunLock(paths.root), train, shared["note"], shared["ckpt"])
 
 
 def check_world(cfg: Config, n: int) -> int:
