@@ -19,6 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .jitter import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter,  # noqa: F401
+                     rgb_to_gray)
+
 __all__ = [
     "to_float", "normalize",
     "resized_crop", "random_resized_crop_params", "random_resized_crop",
@@ -179,112 +182,6 @@ def random_hflip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | N
 
 # ------------------------------------------------------------------------------------ colour jitter
 
-def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601-2 luma with torchvision's weights, one channel (B,1,H,W); identity for C=1."""
-    if x.shape[1] == 1:
-        return x
-    return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
-def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    r = _col(ratio, a)
-    return (r * a + (1.0 - r) * b).clamp(0.0, 1.0)
-
-
-def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """x * f clamped to [0,1], per-sample f (TF.adjust_brightness)."""
-    return _blend(x, torch.zeros_like(x), f)
-
-
-def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Blend with the mean of each sample's grayscale image (TF.adjust_contrast)."""
-    mean = rgb_to_gray(x).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(x, mean, f)
-
-
-def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Blend with the grayscale image (TF.adjust_saturation); unchanged for one channel, like torchvision."""
-    if x.shape[1] == 1:
-        return x
-    return _blend(x, rgb_to_gray(x), f)
-
-
-def _rgb2hsv(img: torch.Tensor) -> torch.Tensor:
-    # torchvision's tensor implementation (batched already: it works on the -3 dim).
-    r, g, b = img.unbind(dim=-3)
-    maxc = torch.max(img, dim=-3).values
-    minc = torch.min(img, dim=-3).values
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_divisor = torch.where(eqc, ones, cr)
-    rc = (maxc - r) / cr_divisor
-    gc = (maxc - g) / cr_divisor
-    bc = (maxc - b) / cr_divisor
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return torch.stack((h, s, maxc), dim=-3)
-
-
-def _hsv2rgb(img: torch.Tensor) -> torch.Tensor:
-    h, s, v = img.unbind(dim=-3)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(dtype=torch.int32) % 6
-    p = torch.clamp(v * (1.0 - s), 0.0, 1.0)
-    q = torch.clamp(v * (1.0 - s * f), 0.0, 1.0)
-    t = torch.clamp(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
-    mask = i.unsqueeze(dim=-3) == torch.arange(6, device=i.device).view(-1, 1, 1)
-    a1 = torch.stack((v, q, p, p, t, v), dim=-3)
-    a2 = torch.stack((t, v, v, q, p, p), dim=-3)
-    a3 = torch.stack((p, p, t, v, v, q), dim=-3)
-    a4 = torch.stack((a1, a2, a3), dim=-4)
-    return torch.einsum("...ijk, ...xijk -> ...xjk", mask.to(dtype=img.dtype), a4)
-
-
-def adjust_hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by per-sample h in [-0.5, 0.5] through HSV (TF.adjust_hue); unchanged for one channel."""
-    if x.shape[1] == 1:
-        return x
-    hsv = _rgb2hsv(x)
-    hue = torch.remainder(hsv[:, 0] + h.to(device=x.device, dtype=x.dtype).view(-1, 1, 1), 1.0)
-    return _hsv2rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
-
-
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-_IDENTITY = (1.0, 1.0, 1.0, 0.0)
-
-
-def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
-                 hue: torch.Tensor, order: torch.Tensor, apply_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """ColorJitter with per-sample factors (B,) and per-sample op order (B,4) of op ids
-    (0=brightness, 1=contrast, 2=saturation, 3=hue).
-
-    For each position and op, the op runs on the whole batch with the identity factor where the
-    sample's op at that position differs (and the sample is kept bit-exactly there), so there is no
-    boolean indexing and no device sync. Samples with ``apply_mask`` False are left unchanged
-    (RandomApply). Saturation and hue are skipped on one channel (torchvision leaves it unchanged).
-    """
-    c = _check_channels(x)
-    b = x.shape[0]
-    if apply_mask is None:
-        apply_mask = torch.ones(b, dtype=torch.bool, device=x.device)
-    apply_mask = apply_mask.to(device=x.device, dtype=torch.bool)
-    order = order.to(x.device)
-    factors = [f.to(device=x.device, dtype=x.dtype) for f in (brightness, contrast, saturation, hue)]
-    ops = range(4) if c == 3 else range(2)
-    out = x
-    for pos in range(4):
-        for k in ops:
-            sel = (order[:, pos] == k) & apply_mask
-            f = torch.where(sel, factors[k], torch.full_like(factors[k], _IDENTITY[k]))
-            out = torch.where(_bmask(sel, out), _JITTER_OPS[k](out, f), out)
-    return out
-
-
 def random_color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
                         hue: float = 0.1, p: float = 0.8, generator: torch.Generator | None = None,
                         return_params: bool = False):
@@ -299,7 +196,10 @@ def random_color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: floa
     fh = _uniform(b, -hue, hue, g, dev)
     order = torch.argsort(_rand((b, 4), g, dev), dim=1)
     mask = _bernoulli(b, p, g, dev)
-    out = color_jitter(x, fb, fc, fs, fh, order, mask)
+    # A range that is the identity is left out, as torchvision's ColorJitter leaves it out (its draws are kept,
+    # so the generator advances the same whatever the strengths).
+    out = color_jitter(x, fb if brightness else None, fc if contrast else None, fs if saturation else None,
+                       fh if hue else None, order, mask)
     if return_params:
         return out, dict(brightness=fb, contrast=fc, saturation=fs, hue=fh, order=order, apply_mask=mask)
     return out
