@@ -155,86 +155,10 @@ def test_hflip(c):
     assert torch.equal(ops.random_hflip(x, 1.0, generator=gen()), x.flip(-1))
 
 
-# ------------------------------------------------------------------------------------ colour
+# ------------------------------------------------------------------------------------ colour: tests/test_jitter.py
 
 def factors(lo, hi, seed=2):
     return torch.rand(B, generator=gen(seed)) * (hi - lo) + lo
-
-
-@CHANNELS
-def test_adjust_brightness(c):
-    x, f = batch(c), factors(0.0, 2.0)
-    assert_close(ops.adjust_brightness(x, f), per_sample(TF.adjust_brightness, x, f), atol=1e-5, rtol=0)
-
-
-@CHANNELS
-def test_adjust_contrast(c):
-    x, f = batch(c), factors(0.0, 2.0)
-    assert_close(ops.adjust_contrast(x, f), per_sample(TF.adjust_contrast, x, f), atol=1e-5, rtol=0)
-
-
-@CHANNELS
-def test_adjust_saturation(c):
-    x, f = batch(c), factors(0.0, 2.0)
-    got = ops.adjust_saturation(x, f)
-    assert_close(got, per_sample(TF.adjust_saturation, x, f), atol=1e-5, rtol=0)
-    if c == 1:
-        assert torch.equal(got, x)
-
-
-@CHANNELS
-def test_adjust_hue(c):
-    x, f = batch(c), factors(-0.5, 0.5)
-    got = ops.adjust_hue(x, f)
-    assert_close(got, per_sample(TF.adjust_hue, x, f), atol=1e-4, rtol=0)
-    if c == 1:
-        assert torch.equal(got, x)
-
-
-_TF_JITTER = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-
-
-@CHANNELS
-def test_color_jitter_per_sample_order(c):
-    x = batch(c)
-    fb, fc, fs = factors(0.6, 1.4, 3), factors(0.6, 1.4, 4), factors(0.6, 1.4, 5)
-    fh = factors(-0.1, 0.1, 6)
-    order = torch.stack([torch.randperm(4, generator=gen(10 + i)) for i in range(B)])
-    order[0] = torch.tensor([0, 1, 2, 3])
-    order[1] = torch.tensor([3, 2, 1, 0])
-    mask = torch.tensor([True, True, True, False, True, True])
-    got = ops.color_jitter(x, fb, fc, fs, fh, order, mask)
-    want = []
-    for i in range(B):
-        img = x[i]
-        if mask[i]:
-            for k in order[i].tolist():
-                img = _TF_JITTER[k](img, (fb, fc, fs, fh)[k][i].item())
-        want.append(img)
-    assert_close(got, torch.stack(want), atol=1e-4, rtol=0)
-    assert torch.equal(got[3], x[3])  # not selected: untouched
-
-
-def test_color_jitter_order_matters():
-    x = batch(1)
-    f_b, f_c = torch.full((B,), 1.4), torch.full((B,), 0.5)
-    one, zero = torch.ones(B), torch.zeros(B)
-    bc = ops.color_jitter(x, f_b, f_c, one, zero, torch.tensor([[0, 1, 2, 3]] * B))
-    cb = ops.color_jitter(x, f_b, f_c, one, zero, torch.tensor([[1, 0, 2, 3]] * B))
-    assert not torch.allclose(bc, cb)
-
-
-@CHANNELS
-def test_random_color_jitter_params(c):
-    x = batch(c)
-    out, p = ops.random_color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=gen(), return_params=True)
-    assert out.shape == x.shape and out.dtype == torch.float32
-    assert ((p["brightness"] >= 0.6) & (p["brightness"] <= 1.4)).all()
-    assert (p["hue"].abs() <= 0.1).all()
-    assert torch.equal(p["order"].sort(dim=1).values, torch.arange(4).expand(B, 4))
-    assert_close(out, ops.color_jitter(x, p["brightness"], p["contrast"], p["saturation"], p["hue"], p["order"],
-                                       p["apply_mask"]))
-    assert torch.equal(ops.random_color_jitter(x, p=0.0, generator=gen()), x)
 
 
 # ------------------------------------------------------------------------------------ grayscale
