@@ -7,9 +7,10 @@ For each image shape (default 1x28x28, 3x32x32, 3x64x64) and a batch of random u
 * ``step``: forward and backward of SimCLR (backbone + projector + NT-Xent) on those 2B views, in channels_last
   like the loop (no optimizer step);
 
-and reports the median of `--repeats` timings of each (after one warm-up) and their ratio ``views / step``.
-Both are measured in the same process, one after the other, so the ratio holds up better than either time on
-a loaded machine. The backbone is the hardware default (small_cnn on CPU, resnet18 on CUDA) unless given.
+and reports the median of `--repeats` timings of each (after one warm-up) and their ratio ``views / step``,
+in wall-clock seconds and in this process's CPU seconds (``*_cpu_s``, ``ratio_cpu``). Both are measured in the
+same process, one after the other, so the ratios hold up better than either time on a loaded machine, and the
+CPU-time ratio best (with one thread, other processes' turns on the cores are not counted). The backbone is the hardware default (small_cnn on CPU, resnet18 on CUDA) unless given.
 
     python benchmarks/views.py                    # CPU, one thread
     python benchmarks/views.py --threads 2 --device cuda --backbone resnet18
@@ -35,16 +36,19 @@ from selfsup.views import ops
 def _timer(device: torch.device):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def timed(fn, repeats: int) -> float:
+    def timed(fn, repeats: int) -> tuple[float, float]:
+        """Median wall-clock and median process CPU seconds of fn (the CPU time is what a loaded machine
+        distorts least: other processes' turns are not counted; on CUDA it is the host's share only)."""
         fn()  # warm-up
-        times = []
+        wall, cpu = [], []
         for _ in range(repeats):
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        return statistics.median(wall), statistics.median(cpu)
 
     return timed
 
@@ -68,7 +72,7 @@ def profile_recipe(recipe, x: torch.Tensor, g: torch.Generator, timed, repeats: 
         steps["blur"] = lambda: ops.random_gaussian_blur(crop, recipe.blur_p, sigma=recipe.blur_sigma,
                                                          kernel_size=k, generator=g)
     with torch.no_grad():
-        return {k: round(timed(fn, repeats), 5) for k, fn in steps.items()}
+        return {k: round(timed(fn, repeats)[0], 5) for k, fn in steps.items()}
 
 
 def measure(shape: tuple[int, int, int], batch: int, device: torch.device, backbone: str | None, repeats: int,
@@ -94,9 +98,10 @@ def measure(shape: tuple[int, int, int], batch: int, device: torch.device, backb
         method.zero_grad(set_to_none=True)
         loss.backward()
 
-    t_views, t_step = timed(views, repeats), timed(step, repeats)
+    (t_views, c_views), (t_step, c_step) = timed(views, repeats), timed(step, repeats)
     row = dict(shape="x".join(map(str, shape)), batch=batch, backbone=cfg.backbone, views_s=round(t_views, 4),
-               step_s=round(t_step, 4), ratio=round(t_views / t_step, 3))
+               step_s=round(t_step, 4), ratio=round(t_views / t_step, 3), views_cpu_s=round(c_views, 4),
+               step_cpu_s=round(c_step, 4), ratio_cpu=round(c_views / c_step, 3))
     if profile:
         row["one_view_ops_s"] = profile_recipe(method.view_recipe, x, g, timed, repeats)
     return row

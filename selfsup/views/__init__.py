@@ -1,7 +1,7 @@
 """Batched, on-device augmentations ("views") with per-sample random parameters.
 
-``ops`` holds the pure batched ops (each equal to torchvision's functional op per sample),
-``recipes`` the view recipes used by the methods, ``preview`` a PNG preview of a recipe.
+``ops`` holds the pure batched ops (each equal to torchvision's functional op per sample; the colour jitter's
+are in ``jitter``), ``recipes`` the view recipes used by the methods, ``preview`` a PNG preview of a recipe.
 """
 from .ops import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter,
                   gaussian_blur, hflip, normalize, random_color_jitter, random_gaussian_blur, random_grayscale,

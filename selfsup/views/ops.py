@@ -9,7 +9,9 @@ Every op comes in two layers:
   device) and calling the deterministic op.
 
 Inputs are float32 batches (B, C, H, W) in [0, 1] with C in {1, 3} (use :func:`to_float` on uint8).
-There are no per-sample Python loops and no data-dependent control flow, so nothing forces a device sync.
+There are no per-sample Python loops and, off the CPU, no data-dependent shapes, so nothing forces a device
+sync. The colour jitter's ops live in :mod:`.jitter` (re-exported here); on the CPU it takes each op's rows by
+index, which costs nothing there and spares computing ops for samples that do not need them.
 """
 from __future__ import annotations
 
