@@ -10,7 +10,8 @@ For each image shape (default 1x28x28, 3x32x32, 3x64x64) and a batch of random u
 and reports the median of `--repeats` timings of each (after one warm-up) and their ratio ``views / step``,
 in wall-clock seconds and in this process's CPU seconds (``*_cpu_s``, ``ratio_cpu``). Both are measured in the
 same process, one after the other, so the ratios hold up better than either time on a loaded machine, and the
-CPU-time ratio best (with one thread, other processes' turns on the cores are not counted). The backbone is the hardware default (small_cnn on CPU, resnet18 on CUDA) unless given.
+CPU-time ratio best (with one thread, other processes' turns on the cores are not counted). The backbone is
+the hardware default (small_cnn on CPU, resnet18 on CUDA) unless given.
 
     python benchmarks/views.py                    # CPU, one thread
     python benchmarks/views.py --threads 2 --device cuda --backbone resnet18

@@ -77,8 +77,8 @@ def _rotate_hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     C, and HSV -> RGB is then channel = max - C * t, with t = clamp(2 - d, 0, 1) and d the distance (mod 6) from
     the new hue to the hue where that channel is the min (3, 5, 1 for r, g, b): the closed form of torchvision's
     p, q, t (v * s = C). For a hue in [0, 6] and e = |hue - centre| in [0, 6], d = min(e, 6 - e), so
-    2 - d = max(2 - e, e - 4) = |e - 3| - 1. Equal to torchvision's round trip up to float rounding; a grey pixel (C = 0) is
-    returned as is, like torchvision.
+    2 - d = max(2 - e, e - 4) = |e - 3| - 1. Equal to torchvision's round trip up to float rounding; a grey
+    pixel (C = 0) is returned as is, like torchvision.
     """
     maxc = x.amax(dim=1, keepdim=True)  # (R, 1, H, W)
     cr = x.amin(dim=1, keepdim=True).neg_().add_(maxc)
