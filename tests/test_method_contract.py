@@ -140,8 +140,9 @@ def test_readme_example_is_a_working_method(tmp_path):
 
 @pytest.mark.parametrize("name", ["simclr", "moco", "autoencoder"])
 def test_builtin_methods_give_their_recorded_per_step_losses(tmp_path, monkeypatch, name):
-    # Recorded from the code before the method contract (SimCLR, autoencoder) and, for MoCo, after issue 7
-    # changed it on purpose (shuffle-BN keys, both keys enqueued; the earlier values stay under "superseded").
+    # Recorded from the code before the method contract (SimCLR, autoencoder) and, for MoCo, after issues 7 and 15
+    # changed it on purpose (issue 7: shuffle-BN keys, both keys enqueued; issue 15: the CIFAR-10 demo's lr, key
+    # BatchNorm groups of their own size; the earlier values stay under "superseded", each with why).
     fixture = json.loads(FIXTURE.read_text())
     case = dict(fixture["losses"][name]["config"])
     method, backbone = case.pop("method"), case.pop("backbone")
