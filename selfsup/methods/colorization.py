@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import world_size
 from ..errors import SelfSupError
 from ..losses import top1
 from ..models.backbones import MLPEncoder
@@ -64,8 +66,9 @@ class Colorization(Method):
     the paper evaluates as a representation. The bins are the sRGB-gamut cells of a 10-unit ab lattice; the
     empirical bin distribution behind the rebalancing weights is accumulated over the training batches seen
     so far (a buffer, so it is in the checkpoint and a resumed run continues it; the paper counts ImageNet once
-    beforehand, which a streaming count approaches within a few batches). The encoder takes one channel:
-    `encoder_spec` says so and `encoder()` turns raw RGB batches into standardised L, so evaluation and
+    beforehand, which a streaming count approaches within a few batches); under torchrun the counts are summed
+    over the processes every step, so every process weighs pixels as one process would at the global batch.
+    The encoder takes one channel: `encoder_spec` says so and `encoder()` turns raw RGB batches into standardised L, so evaluation and
     `embed` feed it correctly. Grayscale data is refused (there is no colour to predict).
     """
 
@@ -127,7 +130,10 @@ class Colorization(Method):
         ab = ab.permute(0, 2, 3, 1).reshape(-1, 2)  # ab: B*h'*w' x 2
         target = soft_encode(ab, self.bins, self.hp.neighbours, self.hp.sigma)  # target: B*h'*w' x Q
         hard = target.argmax(dim=1)  # the nearest bin
-        self.bin_counts += torch.bincount(hard, minlength=len(self.bins)).to(self.bin_counts)
+        counts = torch.bincount(hard, minlength=len(self.bins)).to(self.bin_counts)
+        if world_size() > 1:  # under torchrun: the global batch's counts, the same on every process (no autograd:
+            dist.all_reduce(counts)  # counts, not gradients), so the weights are one process's at the global batch
+        self.bin_counts += counts
         w = rebalance_weights(self.bin_counts, self.bins, self.hp.rebalance, self.hp.sigma)[hard]
         return {"L": (lab[:, :1] / 100.0 - L_MEAN) / L_STD, "target": target, "weight": w, "bin": hard}
 
