@@ -75,18 +75,27 @@ class Colorization(Method):
     name = "colorization"
     aliases = ("colorize", "colourization")
     paper = "Zhang et al. 2016, Colorful Image Colorization (ECCV)"
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=1e-3),  # the paper: Adam, wd 1e-3 (lr 3e-5, long runs)
-                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4)}
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=1e-3, source="wd: Zhang et al. 2016's Adam with "
+                                         "weight decay 1e-3; lr: ours (the paper's 3e-5 is for a long ImageNet run); "
+                                         "not tuned"),
+                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4, source="ours: not from the paper; not tuned")}
 
     @dataclass
     class Hparams:
-        grid: int = setting(10, "spacing of the ab lattice whose in-gamut cells are the classes (the paper: 10)")
+        grid: int = setting(10, "spacing of the ab lattice whose in-gamut cells are the classes (the paper: 10)",
+                            source="Zhang et al. 2016, sec. 2.1: ab space quantised with grid size 10 (313 in-gamut "
+                                   "bins on ImageNet)")
         rebalance: float = setting(0.5, "lambda of class rebalancing: mix of the bin distribution with uniform "
-                                        "(1 = no rebalancing; the paper: 0.5)")
-        neighbours: int = setting(5, "bins each target pixel is soft-encoded over (the paper: 5)")
-        sigma: float = setting(5.0, "Gaussian width of the soft encoding and of the smoothing, in ab units")
-        out_stride: int = setting(4, "prediction at 1/out_stride of the input resolution (the paper: 4)")
-        width: int = setting(128, "channels of the colour head")
+                                        "(1 = no rebalancing; the paper: 0.5)",
+                                   source="Zhang et al. 2016, sec. 2.2: lambda = 1/2")
+        neighbours: int = setting(5, "bins each target pixel is soft-encoded over (the paper: 5)",
+                                  source="Zhang et al. 2016, sec. 2.1: soft-encoding over the 5 nearest bins")
+        sigma: float = setting(5.0, "Gaussian width of the soft encoding and of the smoothing, in ab units",
+                               source="Zhang et al. 2016, sec. 2.1-2.2: sigma = 5")
+        out_stride: int = setting(4, "prediction at 1/out_stride of the input resolution (the paper: 4)",
+                                  source="Zhang et al. 2016, Fig. 2: the network predicts at a quarter of the input "
+                                         "resolution")
+        width: int = setting(128, "channels of the colour head", source="ours: not tuned")
 
         def __post_init__(self):
             if self.grid < 2 or not 0 < self.rebalance <= 1 or self.neighbours < 1 or self.sigma <= 0:
