@@ -252,7 +252,8 @@ def describe_methods(name: str | None = None) -> str:
                  f"  data: {cls.modality}   backbone: {cls.backbone_default or 'small_cnn on CPU, resnet18 on GPU'}"]
         fields = describe_fields(cls.Hparams)
         if name is None:
-            lines.append(f"  optimizers (first is the default; sgd/lars lr per 256 samples): {', '.join(opts.values())}")
+            lines.append(f"  optimizers (first is the default; sgd/lars lr per 256 samples): "
+                         f"{', '.join(opts.values())}")
             lines.append("  settings: " + (", ".join(f"{n}={d!r}" for n, _, d, _ in fields) or "none"))
         else:
             lines.append("  optimizers (first is the default; sgd/lars lr per 256 samples):")

@@ -272,8 +272,9 @@ def test_methods_command_says_where_each_default_comes_from(capsys):
     code, out, _ = run_cli(capsys, "methods", "moco")
     assert "defaults: the official MoCo CIFAR-10 demo (--preset paper: MoCo v2's ImageNet recipe)" in out
     assert "sgd lr 0.03 wd 0.0005\n        from: the MoCo CIFAR-10 demo" in out
-    assert "--temperature / --set temperature=...  float, default 0.1: softmax temperature of InfoNCE (cifar-demo " \
-           "0.1, paper 0.2)\n        from: cifar-demo: the demo's --moco-t 0.1; paper: Chen et al. 2020 (MoCo v2)" in out
+    assert ("--temperature / --set temperature=...  float, default 0.1: softmax temperature of InfoNCE (cifar-demo "
+            "0.1, paper 0.2)\n        from: cifar-demo: the demo's --moco-t 0.1; paper: Chen et al. 2020 "
+            "(MoCo v2)") in out
     code, out, _ = run_cli(capsys, "methods", "toy_flip")  # a method that does not say: said so
     assert out.count("(the method does not say)") == 3
 

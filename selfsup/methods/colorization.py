@@ -68,8 +68,9 @@ class Colorization(Method):
     so far (a buffer, so it is in the checkpoint and a resumed run continues it; the paper counts ImageNet once
     beforehand, which a streaming count approaches within a few batches); under torchrun the counts are summed
     over the processes every step, so every process weighs pixels as one process would at the global batch.
-    The encoder takes one channel: `encoder_spec` says so and `encoder()` turns raw RGB batches into standardised L, so evaluation and
-    `embed` feed it correctly. Grayscale data is refused (there is no colour to predict).
+    The encoder takes one channel: `encoder_spec` says so and `encoder()` turns raw RGB batches into
+    standardised L, so evaluation and `embed` feed it correctly. Grayscale data is refused (there is no colour
+    to predict).
     """
 
     name = "colorization"

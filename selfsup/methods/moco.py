@@ -128,7 +128,8 @@ class MoCo(Method):
             return dataclasses.replace(hp, queue_size=max(1, min(PRESETS[hp.preset]["queue"], n // 2)))
         if hp.queue_size > n:
             raise SelfSupError(f"moco queue_size {hp.queue_size} exceeds the {n} training samples: images would meet "
-                               f"their own earlier keys as negatives (use at most {n}; the default is {max(1, n // 2)})")
+                               f"their own earlier keys as negatives (use at most {n}; the default is "
+                               f"{max(1, min(PRESETS[hp.preset]['queue'], n // 2))})")
         return hp
 
     def __init__(self, spec, hp, backbone):
