@@ -13,7 +13,7 @@ from .config import Config
 from .distributed import launched_rank
 from .errors import SelfSupError
 from .methods import canonical_name, get_method, load_plugin, methods
-from .methods.hparams import describe_fields, field_types
+from .methods.hparams import describe_fields, field_sources, field_types
 from .models import BACKBONES
 from .train.optim import OPTIMIZERS
 
@@ -240,23 +240,34 @@ def _eval_kwargs(a: argparse.Namespace) -> dict:
 
 
 def describe_methods(name: str | None = None) -> str:
-    """`selfsup methods [NAME]`: each method's paper, data kind, default backbone, optimizers and settings."""
+    """`selfsup methods [NAME]`: each method's paper, data kind, default backbone, optimizers and settings; with
+    NAME, also where each default comes from (the paper and section, reference code, or "ours")."""
     chosen = methods() if name is None else {canonical_name(name): get_method(name)}
     blocks = []
     for key, cls in chosen.items():
         aliases = f" (also {', '.join(cls.aliases)})" if cls.aliases else ""
-        opts = ", ".join(f"{o} lr {d.lr:g}{' per 256 samples' if d.per_256 else ''} wd {d.weight_decay:g}"
-                         f"{f' betas {d.betas}' if d.betas else ''}" for o, d in cls.optimizers.items())
+        opts = {o: f"{o} lr {d.lr:g}{' per 256 samples' if d.per_256 else ''} wd {d.weight_decay:g}"
+                   f"{f' betas {d.betas}' if d.betas else ''}" for o, d in cls.optimizers.items()}
         lines = [f"{key}{aliases}: {cls.paper}",
-                 f"  data: {cls.modality}   backbone: {cls.backbone_default or 'small_cnn on CPU, resnet18 on GPU'}",
-                 f"  optimizers (first is the default; sgd/lars lr per 256 samples): {opts}"]
+                 f"  data: {cls.modality}   backbone: {cls.backbone_default or 'small_cnn on CPU, resnet18 on GPU'}"]
         fields = describe_fields(cls.Hparams)
         if name is None:
+            lines.append(f"  optimizers (first is the default; sgd/lars lr per 256 samples): "
+                         f"{', '.join(opts.values())}")
             lines.append("  settings: " + (", ".join(f"{n}={d!r}" for n, _, d, _ in fields) or "none"))
         else:
-            lines += [f"  --{n.replace('_', '-')} / --set {n}=...  {t}, default {d!r}: {h}" for n, t, d, h in fields]
+            lines.append("  optimizers (first is the default; sgd/lars lr per 256 samples):")
+            for o, d in cls.optimizers.items():
+                lines += [f"    {opts[o]}", f"        from: {d.source or _UNSAID}"]
+            sources = field_sources(cls.Hparams)
+            for n, t, d, h in fields:
+                lines += [f"  --{n.replace('_', '-')} / --set {n}=...  {t}, default {d!r}: {h}",
+                          f"        from: {sources[n] or _UNSAID}"]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+_UNSAID = "(the method does not say)"
 
 
 def _run(argv: list[str] | None) -> int:

@@ -107,7 +107,7 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
     if optimizer not in OPTIMIZERS:
         raise SelfSupError(f"unknown optimizer {optimizer!r}{nearest(optimizer, OPTIMIZERS)}; "
                            f"choose from {', '.join(OPTIMIZERS)}")
-    defaults = cls.optimizers.get(optimizer)
+    defaults = cls.optimizer_defaults(hp).get(optimizer)  # MoCo: its preset's
     if defaults is None and cfg.lr is None:
         raise SelfSupError(f"{cls.name} has no default learning rate for --optimizer {optimizer} (it has defaults "
                            f"for {', '.join(cls.optimizers)}); pass --lr")

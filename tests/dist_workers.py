@@ -4,7 +4,8 @@
 2-core machine each fresh interpreter costs seconds) that join a gloo process group through a file store in
 `out` (no network port to collide) and run one case:
   losses     one step, then a second, of SimCLR and MoCo on this rank's slice of fixed global batches,
-             DDP-wrapped exactly as the training loop wraps them; writes out/rank{r}.pt
+             DDP-wrapped exactly as the training loop wraps them; MoCo's key BatchNorm groups at a batch of 256;
+             colorization's class-rebalancing counts over two batches; writes out/rank{r}.pt
   interrupt  the pretraining of `pipeline_config`, stopped after epoch 1 on every rank, then resumed to the end
 The same global batches and models are rebuilt in the test process, on one process, for the comparison.
 """
@@ -22,6 +23,7 @@ import torch.multiprocessing as mp
 from selfsup import Config
 from selfsup.data import image_spec, load_data
 from selfsup.methods.autoencoder import Autoencoder
+from selfsup.methods.colorization import Colorization
 from selfsup.methods.moco import MoCo
 from selfsup.methods.simclr import SimCLR
 
@@ -90,6 +92,53 @@ def run_steps(model: torch.nn.Module, method: torch.nn.Module, batches: list[dic
     return record
 
 
+KEY_B = 256  # MoCo's key BatchNorm groups: a global batch where the old per-process split count gave other groups
+
+
+def key_group_case() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """MoCo with the default key_bn_group (64) and a global batch of KEY_B constant images, image i all i: the
+    first layer's input names the samples that share BatchNorm statistics. Returns (method, images, key perm)."""
+    torch.manual_seed(0)
+    method = MoCo(SPEC, MoCo.Hparams(proj_hidden=32, proj_dim=8, queue_size=96), "small_cnn")
+    v = torch.arange(KEY_B, dtype=torch.float32).view(-1, 1, 1, 1).expand(KEY_B, 1, 8, 8).contiguous()
+    return method, v, torch.randperm(KEY_B, generator=torch.Generator().manual_seed(3))
+
+
+def key_groups(method: torch.nn.Module, v: torch.Tensor, perm: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """(the sample ids of each key BatchNorm group, in order; the keys) of `method.keys` on this process's v."""
+    seen = []
+    first = method.key_encoder.net[0].features[0][0]
+    hook = first.register_forward_hook(lambda mod, inp, out: seen.append(sorted(inp[0][:, 0, 0, 0].int().tolist())))
+    keys = method.keys(v, perm)
+    hook.remove()
+    return seen, keys
+
+
+COLOR_SPEC = image_spec((3, 8, 8), [0.5] * 3, [0.25] * 3)
+
+
+def build_colorization() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return Colorization(COLOR_SPEC, Colorization.Hparams(width=8), "small_cnn")
+
+
+def colour_batches(steps: int = 2) -> list[torch.Tensor]:
+    """Global batches of B random RGB images (uint8)."""
+    g = torch.Generator().manual_seed(4)
+    return [torch.randint(0, 256, (B, 3, 8, 8), dtype=torch.uint8, generator=g) for _ in range(steps)]
+
+
+def colour_counts(method: torch.nn.Module, r: int, w: int) -> dict:
+    """make_batch on this process's rows of each global batch: the bin counts after each, and the last weights."""
+    b, record = B // w, dict(counts=[], weight=None, bin=None)
+    g = torch.Generator().manual_seed(10 + r)  # each process draws its own flips, as under the loop's rank_seed
+    for x in colour_batches():
+        batch = method.make_batch(x[r * b:(r + 1) * b], g)
+        record["counts"].append(method.bin_counts.clone())
+    record["weight"], record["bin"] = batch["weight"], batch["bin"]
+    return record
+
+
 def losses(out: Path) -> None:
     from selfsup.distributed import rank, world_size
     from selfsup.losses import nt_xent
@@ -112,6 +161,10 @@ def losses(out: Path) -> None:
         z2 = z[1, r * b:(r + 1) * b].clone().requires_grad_(True)
         nt_xent(z1, z2, 0.3).backward()
         result["nt_xent_grads"] = (z1.grad, z2.grad)
+        method, v, perm = key_group_case()
+        kb = KEY_B // w
+        result["key_groups"] = key_groups(method, v[r * kb:(r + 1) * kb], perm)
+        result["colour"] = colour_counts(build_colorization(), r, w)
     result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
     torch.save(result, out / f"rank{r}.pt")
 

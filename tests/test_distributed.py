@@ -114,6 +114,35 @@ def test_moco_key_encoder_batchnorm_saw_a_batch_shuffled_across_processes(two_ra
         assert not torch.equal(seen, batch["v1"][r * b:(r + 1) * b])  # not its own slice
 
 
+def test_moco_key_batchnorm_groups_on_two_processes_are_one_process_groups(two_rank_steps):
+    """Global batch 256, key_bn_group 64: one process normalises 4 groups of 64, two processes 2 groups of 64 each,
+    the same 4 sets of samples, so the keys are equal too (before the fix: 8 groups of 32 on one process, 16 of
+    16 on two)."""
+    method, v, perm = W.key_group_case()
+    groups, keys = W.key_groups(method, v, perm)
+    assert len(groups) == 4 and all(len(g) == 64 for g in groups)
+    both = [g for rec in two_rank_steps for g in rec["key_groups"][0]]
+    assert both == groups  # rank 0's groups, then rank 1's: the one process's, in its order
+    b = W.KEY_B // 2
+    for r, rec in enumerate(two_rank_steps):
+        torch.testing.assert_close(rec["key_groups"][1], keys[r * b:(r + 1) * b], rtol=1e-5, atol=1e-6)
+
+
+def test_colorization_rebalancing_counts_are_summed_over_processes(two_rank_steps):
+    """Every process holds the global batch's bin counts (one process's on the whole batch), so both weigh a pixel
+    alike; before the fix each counted its own half and rank 0's counts overwrote the other's at the epoch's end.
+    (The counts do not depend on the flips: an 8x8 image pooled to 2x2 gives the mirrored cells when flipped.)"""
+    method = W.build_colorization()
+    ref = W.colour_counts(method, 0, 1)
+    for r, rec in enumerate(two_rank_steps):
+        for step in range(2):
+            assert torch.equal(rec["colour"]["counts"][step], ref["counts"][step]), (r, step)
+        from selfsup.views.color import rebalance_weights
+
+        weights = rebalance_weights(ref["counts"][1], method.bins, method.hp.rebalance, method.hp.sigma)
+        torch.testing.assert_close(rec["colour"]["weight"], weights[rec["colour"]["bin"]])
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A 2-process MoCo run through `torchrun -m selfsup pretrain`, and the same run interrupted after epoch 1

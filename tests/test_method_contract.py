@@ -16,7 +16,8 @@ from selfsup import Config, SelfSupError, pretrain
 from selfsup.cli import main
 from selfsup.config import resolve
 from selfsup.losses import top1
-from selfsup.methods import EMATeacher, Method, OptimDefaults, get_method, register, setting
+from selfsup.methods import EMATeacher, Method, OptimDefaults, get_method, methods, register, setting
+from selfsup.methods.hparams import field_sources
 from selfsup.models import mlp_head
 from selfsup.rundir import RunPaths, build_method, checkpoint_spec
 from selfsup.train.checkpoint import load_checkpoint
@@ -140,8 +141,9 @@ def test_readme_example_is_a_working_method(tmp_path):
 
 @pytest.mark.parametrize("name", ["simclr", "moco", "autoencoder"])
 def test_builtin_methods_give_their_recorded_per_step_losses(tmp_path, monkeypatch, name):
-    # Recorded from the code before the method contract (SimCLR, autoencoder) and, for MoCo, after issue 7
-    # changed it on purpose (shuffle-BN keys, both keys enqueued; the earlier values stay under "superseded").
+    # Recorded from the code before the method contract (SimCLR, autoencoder) and, for MoCo, after issues 7 and 15
+    # changed it on purpose (issue 7: shuffle-BN keys, both keys enqueued; issue 15: the CIFAR-10 demo's lr, key
+    # BatchNorm groups of their own size; the earlier values stay under "superseded", each with why).
     fixture = json.loads(FIXTURE.read_text())
     case = dict(fixture["losses"][name]["config"])
     method, backbone = case.pop("method"), case.pop("backbone")
@@ -246,6 +248,35 @@ def test_methods_command_lists_every_method_with_paper_data_and_defaults(capsys)
     assert "lars lr 0.3 wd 1e-06, sgd lr 0.06" in out and "data: image" in out
     code, out, _ = run_cli(capsys, "methods", "mocov2")  # aliases work
     assert "--queue-size / --set queue_size=...  int|None, default None: number of queued negative keys" in out
+
+
+BUILTINS = ["autoencoder", "colorization", "denoising", "inpainting", "jigsaw", "mae", "mlm", "moco",
+            "relative_position", "rotation", "simclr"]
+# Their files belong to other work in flight; the sources are added at merge (then this strict xfail fails).
+SOURCES_PENDING = {"inpainting", "jigsaw", "mae", "relative_position"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="sources pending"))
+                                  if n in SOURCES_PENDING else n for n in BUILTINS])
+def test_every_default_of_a_builtin_method_names_its_source(name, capsys):
+    cls = get_method(name)
+    assert all(d.source for d in cls.optimizers.values()), name
+    assert all(field_sources(cls.Hparams).values()), {k: v for k, v in field_sources(cls.Hparams).items() if not v}
+    code, out, _ = run_cli(capsys, "methods", name)
+    assert code == 0 and "(the method does not say)" not in out
+    assert out.count("        from: ") == len(cls.optimizers) + len(field_sources(cls.Hparams))
+
+
+def test_methods_command_says_where_each_default_comes_from(capsys):
+    assert {n for n, c in methods().items() if c.__module__.startswith("selfsup.methods.")} == set(BUILTINS)
+    code, out, _ = run_cli(capsys, "methods", "moco")
+    assert "defaults: the official MoCo CIFAR-10 demo (--preset paper: MoCo v2's ImageNet recipe)" in out
+    assert "sgd lr 0.03 wd 0.0005\n        from: the MoCo CIFAR-10 demo" in out
+    assert ("--temperature / --set temperature=...  float, default 0.1: softmax temperature of InfoNCE (cifar-demo "
+            "0.1, paper 0.2)\n        from: cifar-demo: the demo's --moco-t 0.1; paper: Chen et al. 2020 "
+            "(MoCo v2)") in out
+    code, out, _ = run_cli(capsys, "methods", "toy_flip")  # a method that does not say: said so
+    assert out.count("(the method does not say)") == 3
 
 
 def test_registration_checks_the_declarations():

@@ -220,3 +220,48 @@ def test_eval_of_unlabelled_text_is_a_one_line_error(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run), "--no-progress"]) == 2
     assert "has no labels; evaluation needs labelled data" in capsys.readouterr().err
+
+
+def test_mlm_selects_unk_like_any_word_and_never_the_other_specials():
+    """BERT masks [UNK] like any word: 15% of the [UNK]s are selected, with label [UNK]; [PAD] [CLS] [SEP] [MASK]
+    never are, and a selected token becomes [MASK] or a word or [UNK], never another special token."""
+    ids = token_batch()
+    spec = DataSpec("tokens", (ids.shape[1],), vocab_size=VOCAB, pad_id=PAD_ID)
+    method = MLM(spec, MLM.Hparams(), "transformer_tiny")
+    g = torch.Generator().manual_seed(0)
+    unk = ids == UNK_ID
+    never = ids < UNK_ID  # [PAD] [CLS] [SEP] [MASK]
+    n_unk = n_unk_selected = 0
+    for _ in range(40):
+        batch = method.make_batch(ids, g)
+        selected = batch["labels"] != IGNORE
+        assert not (selected & never).any()
+        replaced = batch["inputs"][selected]
+        assert ((replaced == MASK_ID) | (replaced >= UNK_ID)).all()  # [MASK], or a word or [UNK] (kept or random)
+        assert (batch["labels"][selected & unk] == UNK_ID).all()
+        n_unk += int(unk.sum())
+        n_unk_selected += int((selected & unk).sum())
+    assert n_unk > 20000 and abs(n_unk_selected / n_unk - 0.15) < 0.01  # ~4 sd
+
+
+@pytest.mark.parametrize("clip", [1.0, None])
+def test_the_loop_clips_mlm_gradients_at_berts_norm(tmp_path, monkeypatch, clip):
+    """With MLM's default grad_clip 1.0 every optimizer step sees a global gradient norm of at most 1 although
+    the raw norms exceed it; with grad_clip None the raw norms reach the optimizer."""
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    data = write_corpus(tmp_path / "c.tsv")
+    pretrain(cfg(tmp_path, data, epochs=2, knn_every=0, method_args={"grad_clip": clip}), progress=False)
+    assert len(seen) >= 6
+    if clip is None:
+        assert max(seen) > 1.5, seen  # the raw norms: clipping at 1.0 has work to do
+    else:
+        assert max(seen) <= 1.0 + 1e-4, seen
+    assert MLM.Hparams().grad_clip == 1.0

@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")  # fitted before any for
 
 SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
 PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID = range(len(SPECIALS))
-NUM_SPECIAL = len(SPECIALS)  # ids below this are never masked nor drawn as random replacements
+NUM_SPECIAL = len(SPECIALS)  # ids from here on are words; MLM also masks [UNK] (the last special), as BERT
 FILENAME = "tokenizer.json"
 
 

@@ -24,7 +24,9 @@ class Autoencoder(Method):
     aliases = ("ae",)
     paper = "Hinton & Salakhutdinov 2006, Reducing the Dimensionality of Data with Neural Networks (Science)"
     backbone_default = "mlp"
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.0)}
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.0, source="ours: Adam's default rate (Kingma & Ba "
+                                         "2015), no decay; the paper pretrains RBMs layer by layer and fine-tunes "
+                                         "with conjugate gradients, which has no counterpart here")}
 
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)

@@ -46,12 +46,15 @@ class OptimDefaults:
     For optimizers that follow the linear scaling rule (sgd, lars) `lr` is per 256 samples and scaled by
     batch_size / 256; for adamw it is used as is, unless `per_256` says otherwise (MAE's base lr is per 256).
     `betas`: AdamW's (beta1, beta2) when the method's paper sets them (None: PyTorch's (0.9, 0.999)).
+    `source`: where these values come from (paper + section, reference code, or "ours: ..."), shown by
+    `selfsup methods NAME`.
     """
 
     lr: float
     weight_decay: float
     betas: tuple[float, float] | None = None
     per_256: bool | None = None  # None: the optimizer's own rule
+    source: str = ""
 
 
 @dataclass
@@ -77,6 +80,9 @@ class Method(nn.Module):
     # leaves unused (slower; only for methods whose forward skips some trainable modules).
     sync_bn: ClassVar[bool] = False
     find_unused_parameters: ClassVar[bool] = False
+    # Largest global gradient norm (torch.nn.utils.clip_grad_norm_ after backward, before the optimizer step);
+    # None: no clipping. A method may set it per instance from its settings (MLM: BERT's 1.0).
+    grad_clip: float | None = None
 
     def __init__(self, spec: DataSpec, hp, backbone: str):
         """Build ``self.backbone`` (named `backbone`) for ``encoder_spec(spec)``; subclasses then add their heads."""
@@ -86,6 +92,11 @@ class Method(nn.Module):
         self.backbone = build_backbone(backbone, self.encoder_spec(spec))
         # The augmentation recipe, when the method has one: drawn into plots/views.png at the start of a run.
         self.view_recipe = None
+
+    @classmethod
+    def optimizer_defaults(cls, hp) -> dict[str, OptimDefaults]:
+        """The optimizer defaults for these settings: `optimizers`, unless a setting picks others (MoCo's preset)."""
+        return cls.optimizers
 
     @classmethod
     def fit_to_data(cls, hp, n: int, batch_size: int):

@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import world_size
 from ..errors import SelfSupError
 from ..losses import top1
 from ..models.backbones import MLPEncoder
@@ -64,26 +66,37 @@ class Colorization(Method):
     the paper evaluates as a representation. The bins are the sRGB-gamut cells of a 10-unit ab lattice; the
     empirical bin distribution behind the rebalancing weights is accumulated over the training batches seen
     so far (a buffer, so it is in the checkpoint and a resumed run continues it; the paper counts ImageNet once
-    beforehand, which a streaming count approaches within a few batches). The encoder takes one channel:
-    `encoder_spec` says so and `encoder()` turns raw RGB batches into standardised L, so evaluation and
-    `embed` feed it correctly. Grayscale data is refused (there is no colour to predict).
+    beforehand, which a streaming count approaches within a few batches); under torchrun the counts are summed
+    over the processes every step, so every process weighs pixels as one process would at the global batch.
+    The encoder takes one channel: `encoder_spec` says so and `encoder()` turns raw RGB batches into
+    standardised L, so evaluation and `embed` feed it correctly. Grayscale data is refused (there is no colour
+    to predict).
     """
 
     name = "colorization"
     aliases = ("colorize", "colourization")
     paper = "Zhang et al. 2016, Colorful Image Colorization (ECCV)"
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=1e-3),  # the paper: Adam, wd 1e-3 (lr 3e-5, long runs)
-                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4)}
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=1e-3, source="wd: Zhang et al. 2016's Adam with "
+                                         "weight decay 1e-3; lr: ours (the paper's 3e-5 is for a long ImageNet run); "
+                                         "not tuned"),
+                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4, source="ours: not from the paper; not tuned")}
 
     @dataclass
     class Hparams:
-        grid: int = setting(10, "spacing of the ab lattice whose in-gamut cells are the classes (the paper: 10)")
+        grid: int = setting(10, "spacing of the ab lattice whose in-gamut cells are the classes (the paper: 10)",
+                            source="Zhang et al. 2016, sec. 2.1: ab space quantised with grid size 10 (313 in-gamut "
+                                   "bins on ImageNet)")
         rebalance: float = setting(0.5, "lambda of class rebalancing: mix of the bin distribution with uniform "
-                                        "(1 = no rebalancing; the paper: 0.5)")
-        neighbours: int = setting(5, "bins each target pixel is soft-encoded over (the paper: 5)")
-        sigma: float = setting(5.0, "Gaussian width of the soft encoding and of the smoothing, in ab units")
-        out_stride: int = setting(4, "prediction at 1/out_stride of the input resolution (the paper: 4)")
-        width: int = setting(128, "channels of the colour head")
+                                        "(1 = no rebalancing; the paper: 0.5)",
+                                   source="Zhang et al. 2016, sec. 2.2: lambda = 1/2")
+        neighbours: int = setting(5, "bins each target pixel is soft-encoded over (the paper: 5)",
+                                  source="Zhang et al. 2016, sec. 2.1: soft-encoding over the 5 nearest bins")
+        sigma: float = setting(5.0, "Gaussian width of the soft encoding and of the smoothing, in ab units",
+                               source="Zhang et al. 2016, sec. 2.1-2.2: sigma = 5")
+        out_stride: int = setting(4, "prediction at 1/out_stride of the input resolution (the paper: 4)",
+                                  source="Zhang et al. 2016, Fig. 2: the network predicts at a quarter of the input "
+                                         "resolution")
+        width: int = setting(128, "channels of the colour head", source="ours: not tuned")
 
         def __post_init__(self):
             if self.grid < 2 or not 0 < self.rebalance <= 1 or self.neighbours < 1 or self.sigma <= 0:
@@ -127,7 +140,10 @@ class Colorization(Method):
         ab = ab.permute(0, 2, 3, 1).reshape(-1, 2)  # ab: B*h'*w' x 2
         target = soft_encode(ab, self.bins, self.hp.neighbours, self.hp.sigma)  # target: B*h'*w' x Q
         hard = target.argmax(dim=1)  # the nearest bin
-        self.bin_counts += torch.bincount(hard, minlength=len(self.bins)).to(self.bin_counts)
+        counts = torch.bincount(hard, minlength=len(self.bins)).to(self.bin_counts)
+        if world_size() > 1:  # under torchrun: the global batch's counts, the same on every process (no autograd:
+            dist.all_reduce(counts)  # counts, not gradients), so the weights are one process's at the global batch
+        self.bin_counts += counts
         w = rebalance_weights(self.bin_counts, self.bins, self.hp.rebalance, self.hp.sigma)[hard]
         return {"L": (lab[:, :1] / 100.0 - L_MEAN) / L_STD, "target": target, "weight": w, "bin": hard}
 

@@ -10,6 +10,7 @@ from ..losses import reconstruction_mse
 from ..views.masks import fill_masked, random_gaussian_noise, random_pixel_mask
 from ..views.ops import to_float
 from .autoencoder import Autoencoder
+from .base import OptimDefaults
 from .hparams import setting
 from .registry import register
 
@@ -29,14 +30,22 @@ class DenoisingAutoencoder(Autoencoder):
     aliases = ("dae", "denoising_autoencoder")
     paper = ("Vincent et al. 2008, Extracting and Composing Robust Features with Denoising Autoencoders "
              "(ICML)")
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.0, source="ours: the plain autoencoder's (Adam's "
+                                         "default rate, no decay), so the two compare directly; Vincent et al. "
+                                         "train by stochastic gradient descent")}
 
     @dataclass
     class Hparams:
         corruption: Literal["masking", "gaussian"] = setting(
             "masking", "'masking': a fraction of the pixels set to 0 (the paper's masking noise); 'gaussian': "
-                       "additive N(0, noise_std^2)")
-        mask_ratio: float = setting(0.25, "masking: the fraction of pixels zeroed per image (exactly that many)")
-        noise_std: float = setting(0.3, "gaussian: noise std in [0, 1] pixel units")
+                       "additive N(0, noise_std^2)",
+            source="Vincent et al. 2008: masking noise (a fixed number of inputs, chosen at random, forced to 0); "
+                   "gaussian: Vincent et al. 2010 (JMLR)")
+        mask_ratio: float = setting(0.25, "masking: the fraction of pixels zeroed per image (exactly that many)",
+                                    source="ours: a moderate destruction fraction (the papers choose it on "
+                                           "validation data); not tuned here")
+        noise_std: float = setting(0.3, "gaussian: noise std in [0, 1] pixel units",
+                                   source="ours: the papers choose it on validation data; not tuned here")
 
         def __post_init__(self):
             if not 0 < self.mask_ratio < 1 or self.noise_std <= 0:

@@ -17,9 +17,12 @@ import yaml
 from ..errors import SelfSupError
 
 
-def setting(default: Any, help: str) -> Any:
-    """A field of a method's Hparams: its default and the help text that `--help` and `selfsup methods` show."""
-    return field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, source: str = "") -> Any:
+    """A field of a method's Hparams: its default, the help text that `--help` and `selfsup methods` show, and
+    where the default comes from (`source`: paper + section/table, reference code, or "ours: ..." with what it
+    rests on), shown by `selfsup methods NAME`. A default of None may stand for a value filled in by the
+    Hparams' __post_init__ (MoCo's preset); `describe_fields` shows the filled-in value."""
+    return field(default=default, metadata={"help": help, "source": source})
 
 
 def nearest(word: str, choices) -> str:
@@ -115,7 +118,14 @@ def hparams_to_dict(hp: Any) -> dict:
 
 
 def describe_fields(hparams_cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type name, default, help) of every setting."""
+    """(name, type name, default, help) of every setting; the default is the value a default-constructed
+    Hparams holds (so a preset's value, not the None that stands for it)."""
     types_ = field_types(hparams_cls)
-    return [(f.name, type_name(types_[f.name]), f.default, f.metadata.get("help", ""))
+    defaults = dataclasses.asdict(hparams_cls())
+    return [(f.name, type_name(types_[f.name]), defaults[f.name], f.metadata.get("help", ""))
             for f in dataclasses.fields(hparams_cls)]
+
+
+def field_sources(hparams_cls: type) -> dict[str, str]:
+    """Setting name -> where its default comes from ('' when the method does not say)."""
+    return {f.name: f.metadata.get("source", "") for f in dataclasses.fields(hparams_cls)}

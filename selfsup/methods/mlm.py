@@ -8,11 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tokenize import MASK_ID, NUM_SPECIAL
+from ..data.tokenize import MASK_ID, NUM_SPECIAL, UNK_ID
 from ..views.masking import IGNORE, random_mask_tokens
 from .base import Method, OptimDefaults
 from .hparams import setting
 from .registry import register
+
+
+BERT = "Devlin et al. 2019 (BERT)"
+# [UNK] is the last special id: from it on, every id is a token BERT's masking may select (it selects [UNK] like
+# any word; only [PAD] [CLS] [SEP] [MASK] are never selected) and may draw as a random replacement.
+FIRST_MASKABLE = UNK_ID
+assert FIRST_MASKABLE == NUM_SPECIAL - 1, "the masking relies on [UNK] being the last special token"
 
 
 class MLMHead(nn.Module):
@@ -33,7 +40,11 @@ class MLMHead(nn.Module):
 
 @register
 class MLM(Method):
-    """A Transformer encoder + a tied MLM head; the loss is cross-entropy on the 15% of tokens selected."""
+    """A Transformer encoder + a tied MLM head; the loss is cross-entropy on the 15% of tokens selected.
+
+    As BERT: [UNK] is selected like any word, and the global gradient norm is clipped at 1.0 (`grad_clip`, the
+    reference code's clip_by_global_norm). Each setting's source: `selfsup methods mlm`.
+    """
 
     name = "mlm"
     aliases = ("bert",)
@@ -41,33 +52,49 @@ class MLM(Method):
              "Understanding (NAACL)")
     modality = "tokens"
     backbone_default = "transformer"
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.01)}
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.01, source=f"wd: {BERT}, appendix A.2 (Adam, "
+                                         "L2 weight decay 0.01); lr: ours, 10x BERT's 1e-4 for a tiny Transformer "
+                                         "on a small corpus (not tuned)")}
     hardware_defaults = {"cpu": dict(batch_size=128, steps=600)}
 
     @dataclass
     class Hparams:
-        mask_p: float = setting(0.15, "share of non-special, non-pad tokens selected for prediction")
-        mask_token_p: float = setting(0.8, "share of the selected tokens replaced by [MASK]")
-        random_token_p: float = setting(0.1, "share of the selected tokens replaced by a random token (the rest "
-                                             "stay unchanged)")
+        mask_p: float = setting(0.15, "share of the tokens ([UNK] included; never [PAD] [CLS] [SEP] [MASK]) "
+                                      "selected for prediction", source=f"{BERT}, sec. 3.1 (15%)")
+        mask_token_p: float = setting(0.8, "share of the selected tokens replaced by [MASK]",
+                                      source=f"{BERT}, sec. 3.1 and appendix C.2 (80/10/10)")
+        random_token_p: float = setting(0.1, "share of the selected tokens replaced by a random token, [UNK] or a "
+                                             "word (the rest stay unchanged)",
+                                        source=f"{BERT}, sec. 3.1 and appendix C.2 (80/10/10)")
         pool: Literal["mean", "cls"] = setting("mean", "the pooled feature evaluation sees: mean over the tokens, "
-                                                       "or the [CLS] position")
+                                                       "or the [CLS] position",
+                                               source="ours: frozen features are probed, and mean pooling is "
+                                                      "Sentence-BERT's default (Reimers & Gurevych 2019); BERT "
+                                                      "classifies from [CLS] after fine-tuning (sec. 3)")
+        grad_clip: float | None = setting(1.0, "largest global gradient norm, clipped after backward (None: none)",
+                                          source="BERT's reference code (google-research/bert, optimization.py: "
+                                                 "clip_by_global_norm, clip_norm 1.0); not stated in the paper")
 
         def __post_init__(self):
             if not 0 < self.mask_p < 1 or self.mask_token_p < 0 or self.random_token_p < 0 \
                     or self.mask_token_p + self.random_token_p > 1:
                 raise ValueError("mask_p must be in (0, 1); mask_token_p and random_token_p >= 0, summing to <= 1")
+            if self.grad_clip is not None and self.grad_clip <= 0:
+                raise ValueError(f"grad_clip must be > 0 (or None), got {self.grad_clip}")
 
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
         if not isinstance(getattr(self.backbone, "tok", None), nn.Embedding):
             raise ValueError(f"mlm needs a backbone with a token embedding `tok` (a transformer), not {backbone}")
         self.backbone.pool = hp.pool
+        self.grad_clip = hp.grad_clip  # the training loop clips the gradient norm to this
         self.head = MLMHead(self.backbone.feature_dim, spec.vocab_size)
 
     def make_batch(self, ids, generator):
-        """Dynamic masking (RoBERTa, Liu et al. 2019): fresh masks every batch, drawn on the device."""
-        inputs, labels = random_mask_tokens(ids, generator, NUM_SPECIAL, self.spec.vocab_size, MASK_ID,
+        """Dynamic masking (RoBERTa, Liu et al. 2019): fresh masks every batch, drawn on the device. Every id from
+        [UNK] on may be selected and drawn as a replacement (BERT draws from the whole vocabulary; a special token
+        as replacement would change the sequence's structure, so those four are left out)."""
+        inputs, labels = random_mask_tokens(ids, generator, FIRST_MASKABLE, self.spec.vocab_size, MASK_ID,
                                             self.hp.mask_p, self.hp.mask_token_p, self.hp.random_token_p)
         return {"inputs": inputs, "labels": labels}
 

@@ -1,4 +1,10 @@
-"""MoCo v2: a query encoder, a separate momentum key encoder, and a queue of negative keys."""
+"""MoCo v2: a query encoder, a separate momentum key encoder, and a queue of negative keys.
+
+Two presets of the settings (`--preset`): "cifar-demo" (the default) is the official MoCo CIFAR-10 demo
+(facebookresearch/moco, colab/moco_cifar10_demo.ipynb), a recipe for small images on one GPU; "paper" is MoCo
+v2's ImageNet recipe (Chen et al. 2020; He et al. 2020 for what v2 keeps of v1). A setting given explicitly
+overrides its preset's value; the resolved values are what config.yaml records.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -18,49 +24,112 @@ from .ema import EMATeacher
 from .hparams import setting
 from .registry import register
 
+DEMO = "the MoCo CIFAR-10 demo (facebookresearch/moco, colab/moco_cifar10_demo.ipynb)"
+V1, V2 = "He et al. 2020 (MoCo)", "Chen et al. 2020 (MoCo v2)"
+# preset -> the settings it fills in (where not given) and its SGD defaults. queue: the size before it is fitted
+# to the data (at most half the training samples).
+PRESETS = {
+    "cifar-demo": dict(temperature=0.1, momentum=0.99, symmetric=True, key_bn_group=64, queue=4096,
+                       sgd=OptimDefaults(lr=0.03, weight_decay=5e-4, source=f"{DEMO}: --lr 0.06 at its --batch-size "
+                                         "512 (its comment: 'or 0.03 for batch 256'), --wd 5e-4, momentum 0.9")),
+    "paper": dict(temperature=0.2, momentum=0.999, symmetric=False, key_bn_group=32, queue=65536,
+                  sgd=OptimDefaults(lr=0.03, weight_decay=1e-4, source=f"{V2}, sec. 3: lr 0.03 at batch 256; {V1}, "
+                                    "sec. 4: weight decay 1e-4, momentum 0.9")),
+}
+PRESET = "cifar-demo"  # the default
+
+
+def per_preset(key: str) -> str:
+    """'cifar-demo 0.1, paper 0.2': a setting's value under each preset, for its help."""
+    return ", ".join(f"{name} {values[key]}" for name, values in PRESETS.items())
+
 
 @register
 class MoCo(Method):
-    """backbone + projector (queries), their EMA copy (keys), InfoNCE against a queue."""
+    """backbone + projector (queries), their EMA copy (keys), InfoNCE against a queue.
+
+    Defaults: the official CIFAR-10 demo's (preset "cifar-demo", for small images on one device); `--preset
+    paper` gives MoCo v2's ImageNet values (temperature 0.2, momentum 0.999, sgd lr 0.03 per 256 and wd 1e-4,
+    the asymmetric loss, a 65,536-key queue, key BatchNorm groups of 32 as on the paper's 8 GPUs). Each
+    setting's source: `selfsup methods moco`.
+    """
 
     name = "moco"
     aliases = ("mocov2", "moco_v2", "moco-v2")
-    paper = ("Chen et al. 2020, Improved Baselines with Momentum Contrastive Learning (MoCo v2); "
-             "He et al. 2020, Momentum Contrast for Unsupervised Visual Representation Learning (CVPR)")
-    optimizers = {"sgd": OptimDefaults(lr=0.06, weight_decay=5e-4),
-                  "lars": OptimDefaults(lr=0.3, weight_decay=1e-6),
-                  "adamw": OptimDefaults(lr=1e-3, weight_decay=1e-6)}
+    paper = (f"{V2}, Improved Baselines with Momentum Contrastive Learning; {V1}, Momentum Contrast for "
+             "Unsupervised Visual Representation Learning (CVPR); defaults: the official MoCo CIFAR-10 demo "
+             "(--preset paper: MoCo v2's ImageNet recipe)")
+    optimizers = {"sgd": PRESETS[PRESET]["sgd"],
+                  "lars": OptimDefaults(lr=0.3, weight_decay=1e-6, source="ours: SimCLR's LARS recipe (Chen et al. "
+                                        "2020, SimCLR, sec. B.1); no MoCo paper uses LARS; not tuned for MoCo"),
+                  "adamw": OptimDefaults(lr=1e-3, weight_decay=1e-6, source="ours: a common AdamW rate, with "
+                                         "SimCLR's wd; no MoCo paper uses AdamW; not tuned")}
 
     @dataclass
     class Hparams:
-        temperature: float = setting(0.1, "softmax temperature of InfoNCE")
-        proj_hidden: int = setting(2048, "projector hidden width")
-        proj_dim: int = setting(128, "projector output width (the size of a queued key)")
-        queue_size: int | None = setting(None, "number of queued negative keys; None: 4096, or half the training "
-                                                "samples when that is fewer (never more than all of them)")
-        momentum: float = setting(0.99, "key-encoder EMA momentum")
+        preset: Literal["cifar-demo", "paper"] = setting(
+            PRESET, "where the defaults of temperature, momentum, symmetric, key_bn_group, queue_size and the sgd "
+                    "lr/wd come from: 'cifar-demo' (small images) or 'paper' (MoCo v2 on ImageNet)",
+            source=f"cifar-demo: {DEMO}; paper: {V2} and {V1}")
+        temperature: float = setting(None, f"softmax temperature of InfoNCE ({per_preset('temperature')})",
+                                     source=f"cifar-demo: the demo's --moco-t 0.1; paper: {V2}, sec. 3 (0.2 with "
+                                            "the MLP head)")
+        proj_hidden: int = setting(2048, "projector hidden width",
+                                   source=f"{V2}, sec. 3: a 2-layer MLP head with a 2048-d hidden layer (the CIFAR "
+                                          "demo has a linear 128-d head instead)")
+        proj_dim: int = setting(128, "projector output width (the size of a queued key)",
+                                source=f"{V1}, sec. 3.3 (128-D keys); the demo's --moco-dim 128")
+        queue_size: int | None = setting(None, "number of queued negative keys; None: the preset's ("
+                                               f"{per_preset('queue')}), or half the training samples when that is "
+                                               "fewer (never more than all of them)",
+                                         source=f"cifar-demo: the demo's --moco-k 4096 (it saturates there on "
+                                                f"CIFAR-10); paper: {V1}, sec. 4 (K = 65536); the cap at half the "
+                                                "data is ours (a larger queue holds an image's own last keys)")
+        momentum: float = setting(None, f"key-encoder EMA momentum ({per_preset('momentum')})",
+                                  source=f"cifar-demo: the demo's --moco-m 0.99; paper: {V1}, sec. 4.1 (m = 0.999, "
+                                         "its momentum ablation)")
         momentum_schedule: Literal["constant", "cosine"] = setting(
-            "constant", "'constant' (MoCo v2) or 'cosine' (from momentum up to 1, as BYOL)")
-        symmetric: bool = setting(True, "symmetric loss: each view is the query for the other's key; both keys are "
-                                        "enqueued")
-        key_bn_splits: int = setting(8, "the key encoder's BatchNorm runs on this many shuffled sub-batches (of 16 "
-                                        "or more), so a key never shares its query's batch statistics (1: off)")
+            "constant", "'constant' (MoCo v2) or 'cosine' (from momentum up to 1, as BYOL)",
+            source=f"{V2} and the demo: constant; cosine: Grill et al. 2020 (BYOL), sec. 3.2")
+        symmetric: bool = setting(None, "symmetric loss: each view is the query for the other's key; both keys are "
+                                        f"enqueued ({per_preset('symmetric')})",
+                                  source="cifar-demo: the demo's --symmetric option (its table: kNN 85.3 vs 82.6 "
+                                         f"asymmetric at 200 epochs); paper: asymmetric, as {V1} and {V2}")
+        key_bn_group: int = setting(None, "samples per BatchNorm group of the key encoder (shuffle BN): the "
+                                          "shuffled global batch is normalised in groups of this many, the same on "
+                                          "any number of processes when it divides each process's batch; at most "
+                                          f"half the global batch, at least 16 ({per_preset('key_bn_group')})",
+                                    source="cifar-demo: the demo's --bn-splits 8 of its batch 512 (groups of 64); "
+                                           f"paper: {V1}, sec. 3.3 (per-GPU BN, batch 256 on 8 GPUs: 32); the caps "
+                                           "are ours (two groups at least, none under 16)")
 
         def __post_init__(self):
+            if self.preset not in PRESETS:
+                raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+            for key, value in PRESETS[self.preset].items():  # settings not given take the preset's value
+                if key in ("temperature", "momentum", "symmetric", "key_bn_group") and getattr(self, key) is None:
+                    setattr(self, key, value)
             if self.queue_size is not None and self.queue_size < 1:
                 raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
-            if self.key_bn_splits < 1 or not 0 <= self.momentum <= 1 or self.temperature <= 0:
-                raise ValueError("key_bn_splits must be >= 1, momentum in [0, 1] and temperature > 0")
+            if self.key_bn_group < 2 or not 0 <= self.momentum <= 1 or self.temperature <= 0:
+                raise ValueError("key_bn_group must be >= 2, momentum in [0, 1] and temperature > 0")
+
+    @classmethod
+    def optimizer_defaults(cls, hp):
+        """The preset's SGD defaults (lars and adamw are the same under both presets)."""
+        return {**cls.optimizers, "sgd": PRESETS[hp.preset]["sgd"]}
 
     @classmethod
     def fit_to_data(cls, hp, n, batch_size):
-        """The default queue holds 4096 keys, or half as many as there are training samples: a queue as large as
-        the data would hold each image's own keys from the last epoch, to be used as its negatives."""
+        """The default queue holds the preset's number of keys, or half as many as there are training samples: a
+        queue as large as the data would hold each image's own keys from the last epoch, to be used as its
+        negatives."""
         if hp.queue_size is None:
-            return dataclasses.replace(hp, queue_size=max(1, min(4096, n // 2)))
+            return dataclasses.replace(hp, queue_size=max(1, min(PRESETS[hp.preset]["queue"], n // 2)))
         if hp.queue_size > n:
             raise SelfSupError(f"moco queue_size {hp.queue_size} exceeds the {n} training samples: images would meet "
-                               f"their own earlier keys as negatives (use at most {n}; the default is {max(1, n // 2)})")
+                               f"their own earlier keys as negatives (use at most {n}; the default is "
+                               f"{max(1, min(PRESETS[hp.preset]['queue'], n // 2))})")
         return hp
 
     def __init__(self, spec, hp, backbone):
@@ -70,7 +139,8 @@ class MoCo(Method):
         # a stop-gradient-free Siamese net (the bug in the reference snippet).
         self.key_encoder = EMATeacher(self.backbone, self.projector, momentum=hp.momentum,
                                       schedule=hp.momentum_schedule)
-        self.register_buffer("queue", F.normalize(torch.randn(hp.queue_size or 4096, hp.proj_dim), dim=1))
+        size = hp.queue_size or PRESETS[hp.preset]["queue"]
+        self.register_buffer("queue", F.normalize(torch.randn(size, hp.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.view_recipe = moco_v2_views(spec.shape[1:], spec.mean, spec.std)
 
@@ -81,24 +151,32 @@ class MoCo(Method):
                 "key_perm": torch.randperm(x.shape[0] * world_size(), generator=generator, device=x.device)}
 
     def describe(self):
-        return f"queue of {self.queue.shape[0]} keys"
+        source = DEMO if self.hp.preset == "cifar-demo" else f"{V2}'s ImageNet recipe"
+        return (f"preset {self.hp.preset} ({source}); queue of {self.queue.shape[0]} keys; key BatchNorm in groups "
+                f"of {self.hp.key_bn_group} samples (at most half the batch)")
+
+    def key_groups(self, b: int) -> int:
+        """How many key BatchNorm groups this process's b samples form (at least 1).
+
+        The group size depends on the global batch B = b x processes only: key_bn_group, at most B / 2 (two
+        groups at least) but not under 16. So one process at batch 512 and four at 128 both normalise 8 groups
+        of 64 (the demo's 8 splits of 512); a group never spans two processes.
+        """
+        group = min(self.hp.key_bn_group, max(16, b * world_size() // 2))
+        return max(1, b // group)
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
         """Normalised keys from the momentum encoder, B x proj_dim, in the order of x.
 
-        Shuffle BN on one device (He et al. 2020, sec. 3.3): the batch is permuted and split into sub-batches,
+        Shuffle BN (He et al. 2020, sec. 3.3): the global batch is permuted and split into groups (`key_groups`),
         each through the encoder on its own, so BatchNorm normalises every key with the statistics of a random
         group, never those of the whole query batch; the statistics cannot tell the model which key is whose.
-        Under torchrun the shuffle spans every process (the reference's batch_shuffle_ddp): perm is over the
-        global batch and each process encodes a random part of it (see distributed.shuffled_apply).
+        On one device this is the demo's split BN; under torchrun the shuffle spans every process (the
+        reference's batch_shuffle_ddp): perm is over the global batch and each process encodes a random part of
+        it, then the keys are unshuffled (see distributed.shuffled_apply).
         """
-        splits = max(1, min(self.hp.key_bn_splits, x.shape[0] // 16))
-        if world_size() > 1:
-            return F.normalize(shuffled_apply(self.key_encoder, x, perm, splits).float(), dim=1)
-        shuffled = torch.cat([self.key_encoder(chunk) for chunk in x[perm].chunk(splits)])
-        k = torch.empty_like(shuffled)
-        k[perm] = shuffled  # unshuffle
+        k = shuffled_apply(self.key_encoder, x, perm, self.key_groups(x.shape[0]))
         return F.normalize(k.float(), dim=1)
 
     def forward(self, batch):

@@ -143,6 +143,8 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
                     loss, logs = forward(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if method.grad_clip is not None:  # the method's (MLM: BERT's 1.0), on DDP's all-reduced gradients
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), method.grad_clip)
                 optimizer.step()
                 method.on_step_end(step, total_steps)  # EMA teachers move after the optimizer step
                 loss_sum += loss.detach().float()
