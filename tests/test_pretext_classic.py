@@ -16,9 +16,11 @@ from selfsup.data.types import image_spec
 from selfsup.methods import get_method, parse_hparams
 from selfsup.train.checkpoint import load_checkpoint
 from selfsup.views.color import ab_bins, lab_to_rgb, nearest_bin, rebalance_weights, rgb_to_lab, soft_encode
-from selfsup.views.pretext import (NEIGHBOURS, all_rotations, crop_patches, hamming_permutations, min_hamming,
-                                   patch_grid, random_jigsaw, random_relative_pairs, rotate90, shuffle_tiles,
-                                   unshuffle_tiles)
+from selfsup.views.jigsaw import jigsaw_boxes, puzzle_layout
+from selfsup.views.ops import resized_crop
+from selfsup.views.pretext import (NEIGHBOURS, all_rotations, hamming_permutations, min_hamming, pair_scales,
+                                   patch_grid, random_jigsaw, random_pair_boxes, random_relative_pairs, rotate90,
+                                   shuffle_tiles, unshuffle_tiles)
 
 
 def coords(h, w, b=1):
@@ -56,26 +58,45 @@ def test_patch_grid_fits_with_a_gap_wider_than_the_jitter(side):
 
 
 @pytest.mark.parametrize("side", [8, 28, 32, 64])
-def test_relative_position_labels_match_the_patch_geometry(side):
-    grid = patch_grid(side, side)
-    x = coords(side, side, 400)
-    centre, other, label, _ = random_relative_pairs(x, grid, torch.Generator().manual_seed(side))
-    assert set(label.tolist()) == set(range(8))
-    p, gap, jit = grid.patch[0], grid.gap[0], grid.jitter[0]
-    c0, o0 = centre[:, :, 0, 0], other[:, :, 0, 0]  # (row, col) where each patch was cut
-    # exact crops: each patch is the image's own pixels at its corner
-    ar = torch.arange(p, dtype=torch.float32)
-    assert torch.equal(other[:, 0], o0[:, 0, None, None] + ar.view(1, -1, 1).expand(-1, p, p))
-    assert torch.equal(other[:, 1], o0[:, 1, None, None] + ar.view(1, 1, -1).expand(-1, p, p))
-    assert (torch.cat([c0, o0]) >= 0).all() and (torch.cat([c0, o0]) + p <= side).all()
-    off = torch.tensor(NEIGHBOURS, dtype=torch.float32)[label]  # the offset each label claims: B x 2
+def test_relative_position_boxes_match_the_labels_with_a_gap(side):
+    scales = pair_scales(side, side)
+    x = coords(side, side, 2000)
+    centre, other, label, boxes = random_relative_pairs(x, scales, 16, torch.Generator().manual_seed(side))
+    assert set(label.tolist()) == set(range(8)) and centre.shape == other.shape == (2000, 2, 16, 16)
+    p, c0, o0 = boxes["size"], boxes["centre"], boxes["other"]
+    assert set(p[:, 0].tolist()) == set(range(scales.lo[0], scales.hi[0] + 1))  # the scale varies over its range
+    assert (torch.cat([c0, o0]) >= 0).all() and (torch.cat([c0, o0]) + torch.cat([p, p]) <= side).all()
+    sz = p[:, 0]
+    assert torch.equal(other, resized_crop(x, o0[:, 0], o0[:, 1], sz, sz, 16))  # the patches are their boxes
+    off = torch.tensor(NEIGHBOURS)[label]  # the offset each label claims: B x 2
     delta = o0 - c0
     for axis in range(2):
         moved, still = off[:, axis] != 0, off[:, axis] == 0
-        # a neighbour one cell away: its corner is one patch + gap away, give or take both patches' jitter
-        assert torch.all((delta[moved, axis] - off[moved, axis] * (p + gap)).abs() <= 2 * jit)
-        assert torch.all(delta[moved, axis].abs() > p)  # separated by a gap
-        assert torch.all(delta[still, axis].abs() <= 2 * jit)
+        assert torch.all(delta[moved, axis] * off[moved, axis] > p[moved, axis])  # that side, past a gap
+        assert torch.all(delta[still, axis].abs() < p[still, axis] / 2)  # only the jitter apart
+
+
+def neighbour_position_accuracy(pos, label):
+    """Held-out accuracy of the best guess of the label from a patch's (row, col) alone: the majority label of
+    each position on the first half, scored on the second (unseen positions: the most common label)."""
+    n = len(label) // 2
+    key = (pos[:, 0] * 1000 + pos[:, 1]).tolist()
+    votes = {}
+    for k, y in zip(key[:n], label[:n].tolist()):
+        votes.setdefault(k, np.zeros(8))[y] += 1
+    fallback = int(np.bincount(label[:n].numpy(), minlength=8).argmax())
+    guess = [int(votes[k].argmax()) if k in votes else fallback for k in key[n:]]
+    return float(np.mean(np.array(guess) == label[n:].numpy()))
+
+
+@pytest.mark.parametrize("side", [28, 32, 64])
+def test_neighbour_position_says_nothing_of_the_label(side):
+    """On a fixed 3x3 grid at 28 px each label meant one place of the image; the neighbour now sits anywhere."""
+    boxes = random_pair_boxes(20000, pair_scales(side, side), torch.Generator().manual_seed(0))
+    acc = neighbour_position_accuracy(boxes["other"], boxes["label"])
+    assert acc < 0.2, acc  # chance is 1/8
+    # The same classifier does read the label where it is written: from the offset between the two patches.
+    assert neighbour_position_accuracy(boxes["other"] - boxes["centre"], boxes["label"]) > 0.95
 
 
 # ------------------------------------------------------------------------------------------ jigsaw
@@ -102,22 +123,45 @@ def test_permutation_set_is_valid_far_apart_deterministic_and_invertible():
     assert torch.equal(unshuffle_tiles(shuffled, perms, index), tiles)  # the inverse permutation restores them
 
 
-@pytest.mark.parametrize("side", [8, 28, 64])
-def test_jigsaw_tiles_come_from_their_grid_cells(side):
+def coords3(h, w, b=1):
+    """A (B, 3, H, W) image whose every channel holds row * 1000 + col: each tile channel says where it was cut."""
+    r, c = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return (r * 1000 + c).expand(b, 3, h, w).clone()
+
+
+@pytest.mark.parametrize("side,channels", [(9, 1), (15, 3), (28, 1), (28, 3), (32, 1), (32, 3), (64, 3), (96, 3)])
+def test_jigsaw_tiles_keep_a_gap_for_every_offset_drawn(side, channels):
+    puzzle = puzzle_layout(side, side, channels)
+    assert min(puzzle.tile) >= 2 and min(puzzle.gap) >= 1 and min(puzzle.free) >= 0
+    assert puzzle.shift == (2 if channels == 3 else 0)  # per-channel shift: RGB only
     perms = hamming_permutations(24, 9)
-    x = coords(side, side, 64)
-    shuffled, index, (origin, _) = random_jigsaw(x, perms, tile=0.75, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(shuffled[:, 0], shuffle_tiles(unshuffle_tiles(shuffled, perms, index), perms, index)[:, 0])
-    tiles = unshuffle_tiles(shuffled, perms, index)  # B x 9 x 2 x t x t, back in grid order
-    cell, t = side // 3, tiles.shape[-1]
-    assert t == max(1, round(0.75 * cell)) and (origin >= 0).all() and (origin <= side - 3 * cell).all()
-    corner = tiles[:, :, :, 0, 0] - origin[:, None, :]  # where each tile was cut, relative to the grid
-    r, c = torch.arange(9) // 3, torch.arange(9) % 3
-    assert torch.all(corner[..., 0] // cell == r) and torch.all(corner[..., 1] // cell == c)
-    assert torch.all(corner % cell + t <= cell)  # inside its own cell: tiles never overlap
+    x = coords3(side, side, 3000)[:, :channels]
+    shuffled, index, (origin, offset, shift) = random_jigsaw(x, perms, puzzle, torch.Generator().manual_seed(side))
+    tiles = unshuffle_tiles(shuffled, perms, index)  # B x 9 x C x t x t, back in grid order
+    t = puzzle.tile[0]
+    row, col = tiles[..., 0, 0] // 1000, tiles[..., 0, 0] % 1000  # each channel's corner: B x 9 x C
+    ar = torch.arange(t, dtype=torch.float32)
+    assert torch.equal(tiles, (row[..., None, None] + ar.view(t, 1)) * 1000 + col[..., None, None] + ar)  # exact
+    top, left = jigsaw_boxes(puzzle, origin, offset, shift)
+    assert torch.equal(row.long(), top) and torch.equal(col.long(), left)
+    if channels == 3:
+        assert len(set(shift.flatten().tolist())) == 3  # 0, 1 and 2 px drawn
+        assert (shift[..., 0, :] != shift[..., 1, :]).any()  # channels move independently
+    # Every pair of tiles: their pixels (all channels) are >= gap apart along rows or along columns.
+    r0, r1 = row.min(-1).values, row.max(-1).values + t - 1  # B x 9: first and last row of each tile
+    c0, c1 = col.min(-1).values, col.max(-1).values + t - 1
+    gaps = [torch.maximum(torch.maximum(r0[:, j] - r1[:, i], r0[:, i] - r1[:, j]),
+                          torch.maximum(c0[:, j] - c1[:, i], c0[:, i] - c1[:, j])) - 1
+            for i, j in itertools.combinations(range(9), 2)]
+    assert int(torch.stack(gaps).min()) >= puzzle.gap[0]
+    assert (origin >= 0).all() and (top >= 0).all() and (top + t <= side).all()
     assert set(index.tolist()) > {0} and len(set(index.tolist())) > 10
-    full = tiles[:, :, :, 0, 0].long()
-    assert torch.equal(tiles, crop_patches(x, full[..., 0], full[..., 1], (t, t)))
+
+
+@pytest.mark.parametrize("side,channels,least", [(8, 1, 9), (14, 3, 15)])
+def test_jigsaw_refuses_images_too_small_for_gaps(side, channels, least):
+    with pytest.raises(ValueError, match=f"too small for a 3x3 jigsaw with gaps.*{least} px at least"):
+        puzzle_layout(side, side, channels)
 
 
 # ---------------------------------------------------------------------------------------------- Lab
