@@ -239,19 +239,21 @@ def run_cli(capsys, *args):
     return code, out, err
 
 
-def digits_array(path, n=400):
-    """The first n of sklearn's digits (8 x 8) as an .npz: a CLI source small enough for a few CPU seconds."""
+def digits_array(path, n=400, scale=1):
+    """The first n of sklearn's digits (8 x 8, or each pixel repeated scale x scale) as an .npz: a CLI source
+    small enough for a few CPU seconds."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    np.savez(path, images=np.round(d.images[:n] * 255 / 16).astype(np.uint8), labels=d.target[:n])
+    images = np.kron(d.images[:n], np.ones((1, scale, scale)))
+    np.savez(path, images=np.round(images * 255 / 16).astype(np.uint8), labels=d.target[:n])
     return path
 
 
 CASES = {  # method -> (RGB data?, settings, the log that must beat chance, chance)
     "rotation": (False, [], "rot_acc", 0.25),
     "relative_position": (False, ["--lr", "3e-3"], "pos_acc", 0.125),
-    "jigsaw": (False, ["--permutations", "8"], "perm_acc", 0.125),
+    "jigsaw": (False, ["--permutations", "8"], "perm_acc", 0.125),  # on 16 px digits: 8 px leave no gap
     "colorization": (True, [], "bin_acc", None),
 }
 
@@ -259,7 +261,8 @@ CASES = {  # method -> (RGB data?, settings, the log that must beat chance, chan
 @pytest.mark.parametrize("name", list(CASES))
 def test_method_learns_and_runs_pretrain_eval_embed_through_the_cli(name, tmp_path, capsys):
     rgb, settings, acc, chance = CASES[name]
-    data = colour_array(tmp_path / "colour.npz") if rgb else digits_array(tmp_path / "digits.npz")
+    data = colour_array(tmp_path / "colour.npz") if rgb else digits_array(tmp_path / "digits.npz",
+                                                                         scale=2 if name == "jigsaw" else 1)
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "pretrain", "--method", name, "--data", data, "--out", run, "--device", "cpu",
                            "--epochs", "4", "--batch-size", "64", "--warmup-epochs", "0", "--knn-every", "0",
@@ -299,6 +302,11 @@ def test_colorization_encoder_takes_lightness_and_grayscale_data_is_refused(tmp_
     code, _, err = run_cli(capsys, "pretrain", "--method", "relpos", "--data", tmp_path / "tiny.npz", "--out",
                            tmp_path / "t", "--device", "cpu")
     assert code == 2 and "too small for a 3x3 grid" in err and not (tmp_path / "t").exists()
+    code, _, err = run_cli(capsys, "pretrain", "--method", "jigsaw", "--data", "digits", "--out", tmp_path / "j",
+                           "--device", "cpu")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "8 px is too small for a 3x3 jigsaw with gaps (9 px" in lines[0]
+    assert not (tmp_path / "j").exists()
 
 
 @pytest.mark.parametrize("name", list(CASES))
