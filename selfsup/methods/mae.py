@@ -38,9 +38,9 @@ class MAE(Method):
         decoder_depth: int = setting(2, "decoder Transformer blocks (the paper's light decoder has 8; 1 already "
                                         "works, sec. 4.1)")
         decoder_heads: int = setting(4, "decoder attention heads")
-        crop_scale: tuple[float, float] = setting((0.2, 1.0), "random resized crop's area range before masking (the "
-                                                              "paper's 0.2-1; [1, 1]: no crop)")
-        flip_p: float = setting(0.5, "probability of a horizontal flip before masking (the paper's 0.5)")
+        crop_scale: tuple[float, float] = setting((0.2, 1.0), "random resized crop's area range before masking (He "
+                                                              "et al. 2021: 0.2-1; [1, 1]: no crop)")
+        flip_p: float = setting(0.5, "probability of a horizontal flip before masking (He et al. 2021: 0.5)")
         norm_pix_loss: bool = setting(True, "targets are each patch's pixels standardised by the patch's own mean "
                                             "and variance")
 

@@ -36,7 +36,9 @@ class RelativePosition(Method):
     drawn per pair between `min_scale` and 1 times the largest that fits (28 px: 3-6 px). A fixed grid on a
     28 px image could move 2 px, so each label meant one region of the image and on centred data the
     neighbour's content alone named it: the neighbour is now placed uniformly over the positions where all 8
-    labels fit (``random_pair_boxes``). Patches are resized to `patch_px` so a stride-2 stem keeps a feature map.
+    labels fit (``random_pair_boxes``; inside an image both patches cannot be placed independently of the
+    label, so the centre's position now carries part of it). Patches are resized to `patch_px` so a stride-2
+    stem keeps a feature map.
     """
 
     name = "relative_position"
