@@ -1,8 +1,8 @@
 """The classic pretext tasks: rotation, relative patch position, jigsaw, colorization.
 
-Label construction is checked against the geometry it claims (torch.rot90, pixel coordinates, explicit
-permutations, the CIE formulas); each method then trains on CPU with a falling loss and runs the CLI path
-pretrain -> eval -> embed."""
+Label construction is checked against the geometry it claims (torch.rot90, explicit permutations, the CIE
+formulas; the patch and tile geometry in test_pretext_geometry.py); each method then trains on CPU with a
+falling loss and runs the CLI path pretrain -> eval -> embed."""
 import itertools
 import json
 import math
@@ -16,15 +16,8 @@ from selfsup.data.types import image_spec
 from selfsup.methods import get_method, parse_hparams
 from selfsup.train.checkpoint import load_checkpoint
 from selfsup.views.color import ab_bins, lab_to_rgb, nearest_bin, rebalance_weights, rgb_to_lab, soft_encode
-from selfsup.views.pretext import (NEIGHBOURS, all_rotations, crop_patches, hamming_permutations, min_hamming,
-                                   patch_grid, random_jigsaw, random_relative_pairs, rotate90, shuffle_tiles,
-                                   unshuffle_tiles)
-
-
-def coords(h, w, b=1):
-    """A (B, 2, H, W) image whose pixels hold their own (row, col): a crop's first pixel says where it was cut."""
-    r, c = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.stack([r, c]).expand(b, 2, h, w).clone()
+from selfsup.views.pretext import (all_rotations, hamming_permutations, min_hamming, patch_grid, rotate90,
+                                   shuffle_tiles, unshuffle_tiles)
 
 
 # ----------------------------------------------------------------------------------------- rotation
@@ -55,29 +48,6 @@ def test_patch_grid_fits_with_a_gap_wider_than_the_jitter(side):
         assert g.jitter[0] >= 1
 
 
-@pytest.mark.parametrize("side", [8, 28, 32, 64])
-def test_relative_position_labels_match_the_patch_geometry(side):
-    grid = patch_grid(side, side)
-    x = coords(side, side, 400)
-    centre, other, label, _ = random_relative_pairs(x, grid, torch.Generator().manual_seed(side))
-    assert set(label.tolist()) == set(range(8))
-    p, gap, jit = grid.patch[0], grid.gap[0], grid.jitter[0]
-    c0, o0 = centre[:, :, 0, 0], other[:, :, 0, 0]  # (row, col) where each patch was cut
-    # exact crops: each patch is the image's own pixels at its corner
-    ar = torch.arange(p, dtype=torch.float32)
-    assert torch.equal(other[:, 0], o0[:, 0, None, None] + ar.view(1, -1, 1).expand(-1, p, p))
-    assert torch.equal(other[:, 1], o0[:, 1, None, None] + ar.view(1, 1, -1).expand(-1, p, p))
-    assert (torch.cat([c0, o0]) >= 0).all() and (torch.cat([c0, o0]) + p <= side).all()
-    off = torch.tensor(NEIGHBOURS, dtype=torch.float32)[label]  # the offset each label claims: B x 2
-    delta = o0 - c0
-    for axis in range(2):
-        moved, still = off[:, axis] != 0, off[:, axis] == 0
-        # a neighbour one cell away: its corner is one patch + gap away, give or take both patches' jitter
-        assert torch.all((delta[moved, axis] - off[moved, axis] * (p + gap)).abs() <= 2 * jit)
-        assert torch.all(delta[moved, axis].abs() > p)  # separated by a gap
-        assert torch.all(delta[still, axis].abs() <= 2 * jit)
-
-
 # ------------------------------------------------------------------------------------------ jigsaw
 
 def test_permutation_set_is_valid_far_apart_deterministic_and_invertible():
@@ -100,24 +70,6 @@ def test_permutation_set_is_valid_far_apart_deterministic_and_invertible():
         for i in range(9):
             assert torch.equal(shuffled[b, i], tiles[b, perms[index[b], i]])
     assert torch.equal(unshuffle_tiles(shuffled, perms, index), tiles)  # the inverse permutation restores them
-
-
-@pytest.mark.parametrize("side", [8, 28, 64])
-def test_jigsaw_tiles_come_from_their_grid_cells(side):
-    perms = hamming_permutations(24, 9)
-    x = coords(side, side, 64)
-    shuffled, index, (origin, _) = random_jigsaw(x, perms, tile=0.75, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(shuffled[:, 0], shuffle_tiles(unshuffle_tiles(shuffled, perms, index), perms, index)[:, 0])
-    tiles = unshuffle_tiles(shuffled, perms, index)  # B x 9 x 2 x t x t, back in grid order
-    cell, t = side // 3, tiles.shape[-1]
-    assert t == max(1, round(0.75 * cell)) and (origin >= 0).all() and (origin <= side - 3 * cell).all()
-    corner = tiles[:, :, :, 0, 0] - origin[:, None, :]  # where each tile was cut, relative to the grid
-    r, c = torch.arange(9) // 3, torch.arange(9) % 3
-    assert torch.all(corner[..., 0] // cell == r) and torch.all(corner[..., 1] // cell == c)
-    assert torch.all(corner % cell + t <= cell)  # inside its own cell: tiles never overlap
-    assert set(index.tolist()) > {0} and len(set(index.tolist())) > 10
-    full = tiles[:, :, :, 0, 0].long()
-    assert torch.equal(tiles, crop_patches(x, full[..., 0], full[..., 1], (t, t)))
 
 
 # ---------------------------------------------------------------------------------------------- Lab
@@ -195,19 +147,21 @@ def run_cli(capsys, *args):
     return code, out, err
 
 
-def digits_array(path, n=400):
-    """The first n of sklearn's digits (8 x 8) as an .npz: a CLI source small enough for a few CPU seconds."""
+def digits_array(path, n=400, scale=1):
+    """The first n of sklearn's digits (8 x 8, or each pixel repeated scale x scale) as an .npz: a CLI source
+    small enough for a few CPU seconds."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    np.savez(path, images=np.round(d.images[:n] * 255 / 16).astype(np.uint8), labels=d.target[:n])
+    images = np.kron(d.images[:n], np.ones((1, scale, scale)))
+    np.savez(path, images=np.round(images * 255 / 16).astype(np.uint8), labels=d.target[:n])
     return path
 
 
 CASES = {  # method -> (RGB data?, settings, the log that must beat chance, chance)
     "rotation": (False, [], "rot_acc", 0.25),
     "relative_position": (False, ["--lr", "3e-3"], "pos_acc", 0.125),
-    "jigsaw": (False, ["--permutations", "8"], "perm_acc", 0.125),
+    "jigsaw": (False, ["--permutations", "8"], "perm_acc", 0.125),  # on 16 px digits: 8 px leave no gap
     "colorization": (True, [], "bin_acc", None),
 }
 
@@ -215,7 +169,8 @@ CASES = {  # method -> (RGB data?, settings, the log that must beat chance, chan
 @pytest.mark.parametrize("name", list(CASES))
 def test_method_learns_and_runs_pretrain_eval_embed_through_the_cli(name, tmp_path, capsys):
     rgb, settings, acc, chance = CASES[name]
-    data = colour_array(tmp_path / "colour.npz") if rgb else digits_array(tmp_path / "digits.npz")
+    data = colour_array(tmp_path / "colour.npz") if rgb else digits_array(tmp_path / "digits.npz",
+                                                                         scale=2 if name == "jigsaw" else 1)
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "pretrain", "--method", name, "--data", data, "--out", run, "--device", "cpu",
                            "--epochs", "4", "--batch-size", "64", "--warmup-epochs", "0", "--knn-every", "0",
@@ -255,6 +210,11 @@ def test_colorization_encoder_takes_lightness_and_grayscale_data_is_refused(tmp_
     code, _, err = run_cli(capsys, "pretrain", "--method", "relpos", "--data", tmp_path / "tiny.npz", "--out",
                            tmp_path / "t", "--device", "cpu")
     assert code == 2 and "too small for a 3x3 grid" in err and not (tmp_path / "t").exists()
+    code, _, err = run_cli(capsys, "pretrain", "--method", "jigsaw", "--data", "digits", "--out", tmp_path / "j",
+                           "--device", "cpu")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "8 px is too small for a 3x3 jigsaw with gaps (9 px" in lines[0]
+    assert not (tmp_path / "j").exists()
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -21,8 +21,13 @@ class Inpainting(Method):
     """Encoder (the backbone) + the autoencoder's decoder; the input has the region filled with the mean pixel,
     the L2 loss covers the region only (Pathak et al. 2016, eq. 1).
 
-    Masks: the central block (side `mask_size` of the image's, 0.5 as in the paper: a quarter of the area), or
-    `blocks` disjoint random cells of a `grid` x `grid` tiling (4 of 16: a quarter again). Left out of the
+    Masks, by default `blocks` disjoint random cells of a `grid` x `grid` tiling (4 of 16: a quarter of the
+    area), a new draw per image; or the central block (side `mask_size` of the image's, 0.5 as in the paper's
+    inpainting results). Pathak et al. (sec. 3.3) found that the central mask's features latch onto its fixed
+    boundary and transfer poorly, and train their features with random masks: with the central one the encoder
+    sees a grey square at the same place in every pretraining image and never at evaluation. Their best
+    'random region' shapes come from PASCAL VOC segmentations (not available here); random blocks are
+    their other random option. Left out of the
     paper: the adversarial loss (its weight is 0.001 against 0.999 for L2; it sharpens the pixels, not the
     features) and the 7-px overlap band weighted 10x; the bottleneck is the backbone's pooled vector, not a
     channel-wise fully connected layer.
@@ -37,8 +42,9 @@ class Inpainting(Method):
 
     @dataclass
     class Hparams:
-        mask: Literal["center", "random"] = setting("center", "'center': the central block; 'random': random "
-                                                               "disjoint blocks of a grid")
+        mask: Literal["center", "random"] = setting("random", "'random': random disjoint blocks of a grid, a new "
+                                                               "draw per image (the paper's choice for features); "
+                                                               "'center': the central block")
         mask_size: float = setting(0.5, "center: the block's side as a fraction of the image's (0.5: a quarter "
                                          "of the area, as the paper)")
         grid: int = setting(4, "random: the image is tiled grid x grid")

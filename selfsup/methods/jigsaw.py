@@ -12,7 +12,8 @@ from ..losses import top1
 from ..models.backbones import MLPEncoder
 from ..models.heads import mlp_head
 from ..views.ops import normalize, random_grayscale, to_float
-from ..views.pretext import hamming_permutations, min_hamming, random_jigsaw, resize_patches, standardize_tiles
+from ..views.jigsaw import hamming_permutations, min_hamming, puzzle_layout, random_jigsaw, standardize_tiles
+from ..views.pretext import resize_patches
 from .base import Method, OptimDefaults
 from .hparams import setting
 from .registry import register
@@ -26,10 +27,12 @@ class Jigsaw(Method):
 
     The permutation set (`permutations` buffer, N x 9) is generated deterministically by greedy max-min
     Hamming selection and lives in the state dict, so every checkpoint carries the exact set it was trained
-    with. Guards against shortcuts, as in the paper: tiles cover `tile` of their grid cell at a random offset
-    (random gaps, no edges to match), each tile is standardised on its own (no brightness/contrast matching),
-    and RGB tiles are grayscaled with probability `gray_p` (against chromatic aberration, as the authors' later
-    code does). Tiles of small images are 6-18 px and are resized to `tile_px` for the backbone.
+    with. Guards against shortcuts, as in the paper: tiles cover `tile` of their grid cell at a random offset,
+    with a gap of at least `gap` of a cell (>= 1 px) kept between every two tiles for every offset drawn (no
+    edges to join; ``puzzle_layout``); each colour channel of a tile shifted by 0-`channel_shift` px and RGB
+    tiles grayscaled with probability `gray_p` (against chromatic aberration, the paper's channel jitter and
+    the authors' later code); each tile standardised on its own (no brightness/contrast matching). Tiles of
+    small images are 6-18 px and are resized to `tile_px` for the backbone.
     """
 
     name = "jigsaw"
@@ -43,6 +46,10 @@ class Jigsaw(Method):
         perm_seed: int = setting(0, "seed of the first permutation of the greedy max-min-Hamming set")
         tile: float = setting(0.75, "tile side as a fraction of its grid cell (the paper: 64/75); the rest is a "
                                     "random gap")
+        gap: float = setting(0.1, "smallest gap between two tiles, in cells (at least 1 px); kept for every "
+                                   "offset drawn")
+        channel_shift: int = setting(2, "RGB: each channel of a tile moves by 0 to this many px (the paper: 0-2, "
+                                        "against chromatic aberration); 1-channel images: none")
         tile_px: int | None = setting(None, "side the tiles are resized to (None: half the image side, >= 16)")
         tile_dim: int = setting(128, "width of each tile's code before concatenation (the paper's fc6: 512)")
         hidden: int = setting(512, "hidden width of the permutation classifier (the paper's fc7: 4096)")
@@ -55,29 +62,44 @@ class Jigsaw(Method):
                 raise ValueError("tile must be in (0, 1], tile_dim and hidden >= 1, gray_p in [0, 1]")
             if self.tile_px is not None and self.tile_px < 4:
                 raise ValueError("tile_px must be >= 4")
+            if not 0 <= self.gap < 1 or self.channel_shift < 0:
+                raise ValueError("gap must be in [0, 1) and channel_shift >= 0")
+
+    @classmethod
+    def layout_for(cls, shape, hp):
+        """The puzzle of (C, H, W) images, or a one-line error when they are too small for one."""
+        try:
+            return puzzle_layout(shape[1], shape[2], shape[0], hp.tile, hp.gap, hp.channel_shift)
+        except ValueError as e:
+            raise SelfSupError(f"{cls.name}: {e}") from None
+
+    @classmethod
+    def check_data(cls, data, hp):
+        cls.layout_for(tuple(data.x.shape[1:]), hp)
 
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
         if isinstance(self.backbone, MLPEncoder):
             raise SelfSupError(f"{self.name} feeds patches smaller than the image to the backbone: choose a conv "
                                "backbone (small_cnn, resnet18, resnet50), not mlp")
+        self.puzzle = self.layout_for(spec.shape, hp)
         self.register_buffer("permutations", hamming_permutations(hp.permutations, 9, hp.perm_seed))
         self.tile_px = hp.tile_px or default_patch_px(min(spec.shape[1:]))
         self.tile_fc = nn.Sequential(nn.Linear(self.backbone.feature_dim, hp.tile_dim), nn.ReLU(inplace=True))
         self.head = mlp_head(9 * hp.tile_dim, hp.hidden, hp.permutations)
 
     def describe(self):
-        h, w = self.spec.shape[1:]
-        t = (round(self.hp.tile * (h // 3)), round(self.hp.tile * (w // 3)))
+        p = self.puzzle
         return (f"{self.hp.permutations} permutations, minimum Hamming distance {min_hamming(self.permutations)}; "
-                f"tiles {t[0]}x{t[1]} px in {h // 3} px cells, resized to {self.tile_px} px")
+                f"tiles {p.tile[0]}x{p.tile[1]} px in {p.cell[0]} px cells, gaps >= {p.gap[0]} px, channel shift "
+                f"0-{p.shift} px, resized to {self.tile_px} px")
 
     def make_batch(self, x, generator):
         """Shuffled, standardised tiles (B, 9, C, t, t) and the index of the permutation that shuffled them."""
         x = to_float(x)
         if x.shape[1] == 3 and self.hp.gray_p > 0:
             x = random_grayscale(x, self.hp.gray_p, generator)
-        tiles, index, _ = random_jigsaw(x, self.permutations, self.hp.tile, generator)
+        tiles, index, _ = random_jigsaw(x, self.permutations, self.puzzle, generator)
         b, t = tiles.shape[:2]
         tiles = resize_patches(tiles.flatten(0, 1), self.tile_px)  # tiles: 9B x C x p x p
         tiles = standardize_tiles(normalize(tiles, self.spec.mean, self.spec.std))

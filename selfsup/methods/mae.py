@@ -9,7 +9,8 @@ from torch import nn
 from ..errors import SelfSupError
 from ..losses.masked import masked_patch_mse, normalized_patches
 from ..models.vit import ViT, patchify, sincos_pos_embed, transformer_blocks
-from ..views.masks import n_visible, random_patch_mask
+from ..views.masks import n_visible, random_patch_mask, unshuffle_tokens
+from ..views.ops import normalize, random_hflip, random_resized_crop, to_float
 from .base import Method, OptimDefaults
 from .hparams import setting
 from .registry import register
@@ -37,6 +38,9 @@ class MAE(Method):
         decoder_depth: int = setting(2, "decoder Transformer blocks (the paper's light decoder has 8; 1 already "
                                         "works, sec. 4.1)")
         decoder_heads: int = setting(4, "decoder attention heads")
+        crop_scale: tuple[float, float] = setting((0.2, 1.0), "random resized crop's area range before masking (He "
+                                                              "et al. 2021: 0.2-1; [1, 1]: no crop)")
+        flip_p: float = setting(0.5, "probability of a horizontal flip before masking (He et al. 2021: 0.5)")
         norm_pix_loss: bool = setting(True, "targets are each patch's pixels standardised by the patch's own mean "
                                             "and variance")
 
@@ -45,6 +49,9 @@ class MAE(Method):
                 raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
             if self.decoder_dim % 4 or self.decoder_dim % self.decoder_heads or self.decoder_depth < 1:
                 raise ValueError("decoder_dim must be divisible by 4 and by decoder_heads, decoder_depth >= 1")
+            if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1 or not 0 <= self.flip_p <= 1:
+                raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1 and flip_p be in [0, 1], got "
+                                 f"{list(self.crop_scale)} and {self.flip_p}")
 
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
@@ -70,8 +77,16 @@ class MAE(Method):
                 f" visible to the encoder")
 
     def make_batch(self, x, generator):
-        """The normalised image and its patch masking: ids_keep (B x n_keep), ids_restore and mask (B x N)."""
-        img = self.encoder().prepare(x)
+        """The augmented, normalised image and its patch masking: ids_keep (B x n_keep), ids_restore and mask
+        (B x N). He et al. pretrain on a random resized crop (area 0.2-1) with a horizontal flip, and nothing
+        more (masking is the regulariser; colour jitter hurt, Table 1f); without them a small data set seen
+        for hundreds of epochs is reconstructed from memory."""
+        v = to_float(x)
+        if self.hp.crop_scale[0] < 1:
+            v = random_resized_crop(v, tuple(v.shape[-2:]), scale=self.hp.crop_scale, generator=generator)
+        if self.hp.flip_p > 0:
+            v = random_hflip(v, self.hp.flip_p, generator=generator)
+        img = normalize(v, self.spec.mean, self.spec.std)
         ids_keep, ids_restore, mask, _ = random_patch_mask(img.shape[0], self.backbone.num_patches,
                                                            self.hp.mask_ratio, generator, img.device)
         return {"img": img, "ids_keep": ids_keep, "ids_restore": ids_restore, "mask": mask}
@@ -79,11 +94,7 @@ class MAE(Method):
     def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Visible tokens (B, n_keep, dim) -> predicted pixels of every patch (B, N, p*p*C): mask tokens fill
         the missing places, the sequence is unshuffled into patch order before the position embeddings."""
-        t = self.decoder_embed(latent)  # t: B x n_keep x d
-        b, n_keep, d = t.shape
-        fill = self.mask_token.to(t.dtype).expand(b, ids_restore.shape[1] - n_keep, d)
-        t = torch.cat([t, fill], 1)  # [visible..., masked...] in shuffle order
-        t = torch.gather(t, 1, ids_restore[..., None].expand(-1, -1, d))  # t: B x N x d, patch order
+        t = unshuffle_tokens(self.decoder_embed(latent), self.mask_token, ids_restore)  # t: B x N x d, patch order
         t = t + self.decoder_pos.to(t.dtype)
         for blk in self.decoder_blocks:
             t = blk(t)

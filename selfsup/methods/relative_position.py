@@ -12,7 +12,7 @@ from ..losses import top1
 from ..models.backbones import MLPEncoder
 from ..models.heads import mlp_head
 from ..views.ops import normalize, to_float, to_grayscale
-from ..views.pretext import patch_grid, random_drop_colour, random_relative_pairs, resize_patches
+from ..views.pretext import pair_scales, random_drop_colour, random_relative_pairs
 from .base import Method, OptimDefaults
 from .hparams import setting
 from .registry import register
@@ -31,8 +31,14 @@ class RelativePosition(Method):
     The paper's guards against trivial solutions: a gap between patches (half a patch) and up to ~7/96 of a
     patch of random jitter each, so no edge or texture runs from one patch into the next; and against
     chromatic aberration (lens colour fringes that reveal a patch's place in the frame) either colour dropping
-    (two of three channels replaced by faint noise, the paper's choice) or grayscale. Patches of small images
-    are 6-14 px and are resized to `patch_px` so a stride-2 stem keeps a feature map.
+    (two of three channels replaced by faint noise, the paper's choice) or grayscale. The paper resizes each
+    image to 150K-450K pixels, so its 96 px patches cover a random share of the scene: here the patch side is
+    drawn per pair between `min_scale` and 1 times the largest that fits (28 px: 3-6 px). A fixed grid on a
+    28 px image could move 2 px, so each label meant one region of the image and on centred data the
+    neighbour's content alone named it: the neighbour is now placed uniformly over the positions where all 8
+    labels fit (``random_pair_boxes``; inside an image both patches cannot be placed independently of the
+    label, so the centre's position now carries part of it). Patches are resized to `patch_px` so a stride-2
+    stem keeps a feature map.
     """
 
     name = "relative_position"
@@ -46,6 +52,8 @@ class RelativePosition(Method):
         gap: float = setting(0.5, "gap between neighbouring patches, in patch sides (the paper: 48 of 96 px)")
         jitter: float = setting(0.15, "largest random shift of each patch, in patch sides (at least 1 px, "
                                       "always under half the gap)")
+        min_scale: float = setting(0.5, "smallest patch side drawn, as a fraction of the largest that fits (the "
+                                        "paper's images vary 150K-450K pixels under fixed 96 px patches)")
         patch_px: int | None = setting(None, "side the patches are resized to (None: half the image side, >= 16)")
         colour: Literal["drop", "gray", "keep"] = setting(
             "drop", "against chromatic aberration: drop two colour channels per patch (paper), grayscale, or keep")
@@ -54,12 +62,14 @@ class RelativePosition(Method):
         def __post_init__(self):
             if self.gap <= 0 or self.jitter < 0 or self.hidden < 1 or (self.patch_px is not None and self.patch_px < 4):
                 raise ValueError("gap must be > 0, jitter >= 0, hidden >= 1 and patch_px >= 4")
+            if not 0 < self.min_scale <= 1:
+                raise ValueError(f"min_scale must be in (0, 1], got {self.min_scale}")
 
     @classmethod
     def grid_for(cls, shape, hp):
-        """The patch grid of (C, H, W) images, or a one-line error when they are too small for one."""
+        """The range of patch sides of (C, H, W) images, or a one-line error when they are too small for a grid."""
         try:
-            return patch_grid(shape[1], shape[2], hp.gap, hp.jitter)
+            return pair_scales(shape[1], shape[2], hp.gap, hp.jitter, hp.min_scale)
         except ValueError as e:
             raise SelfSupError(f"{cls.name}: {e}") from None
 
@@ -79,14 +89,14 @@ class RelativePosition(Method):
 
     def describe(self):
         g = self.grid
-        return (f"patches {g.patch[0]}x{g.patch[1]} px, gap {g.gap[0]}, jitter +-{g.jitter[0]}, "
+        return (f"patch sides {g.lo[0]}-{g.hi[0]} px, gap {g.gap:g} and jitter {g.jitter:g} of a side, "
                 f"resized to {self.patch_px} px")
 
     def make_batch(self, x, generator):
         """Centre and neighbour patches of every image (resized, normalised) and the neighbour's label 0..7."""
-        centre, other, label, _ = random_relative_pairs(to_float(x), self.grid, generator)
+        centre, other, label, _ = random_relative_pairs(to_float(x), self.grid, self.patch_px, generator)
         b = x.shape[0]
-        pairs = resize_patches(torch.cat([centre, other]), self.patch_px)  # pairs: 2B x C x p x p
+        pairs = torch.cat([centre, other])  # pairs: 2B x C x p x p
         if self.hp.colour == "gray":
             pairs = to_grayscale(pairs, torch.ones(2 * b, dtype=torch.bool, device=pairs.device))
         pairs = normalize(pairs, self.spec.mean, self.spec.std)

@@ -20,7 +20,7 @@ from .ops import _rand
 __all__ = [
     "block_mask", "center_block_params", "grid_blocks_params", "random_grid_blocks", "fill_masked",
     "mask_from_scores", "random_pixel_mask", "gaussian_noise", "random_gaussian_noise",
-    "patch_mask", "n_visible", "random_patch_mask",
+    "patch_mask", "n_visible", "random_patch_mask", "unshuffle_tokens",
 ]
 
 
@@ -143,3 +143,16 @@ def random_patch_mask(b: int, n: int, ratio: float, generator: torch.Generator |
     (ids_keep, ids_restore, mask, ids_shuffle); exactly n - n_visible(n, ratio) patches masked per sample."""
     ids_shuffle = _rand((b, n), generator, device or "cpu").argsort(1)
     return (*patch_mask(ids_shuffle, n_visible(n, ratio)), ids_shuffle)
+
+
+def unshuffle_tokens(visible: torch.Tensor, fill: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    """MAE's decoder input in patch order: (B, N, D) where patch ids_keep[b, k] holds visible[b, k] and every
+    masked patch holds `fill` (the mask token, broadcast to (B, N - n_keep, D)).
+
+    visible: (B, n_keep, D) in the shuffle's order; ids_restore: (B, N) from ``patch_mask``. The visible
+    tokens are followed by the fills ([visible..., masked...] is the shuffled order) and gathered back by
+    ids_restore, as in He et al.'s code.
+    """
+    b, n_keep, d = visible.shape
+    t = torch.cat([visible, fill.to(visible.dtype).expand(b, ids_restore.shape[1] - n_keep, d)], 1)
+    return torch.gather(t, 1, ids_restore[..., None].expand(-1, -1, d))

@@ -1,28 +1,27 @@
-"""Batched label-making ops of the classic pretext tasks: rotations, patch grids, jigsaw permutations.
+"""Batched label-making ops of the classic pretext tasks: rotations and relative patch positions (the
+jigsaw's ops live in ``views/jigsaw.py`` and are re-exported here).
 
 Like ``views/ops.py``, each op is deterministic given explicit per-sample parameters, and a ``random_*``
 sampler draws those parameters from the passed ``torch.Generator`` (so a resumed run draws the same labels)
-and returns them beside the result. Inputs are float batches (B, C, H, W); patches are cut exactly (integer
-boxes, gathered by index: no interpolation), so the tests can check every pixel against the geometry.
+and returns them beside the result. Inputs are float batches (B, C, H, W); boxes are integer, so the tests can
+check the geometry exactly.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
-from functools import lru_cache
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ops import _rand
+from .jigsaw import (hamming_permutations, min_hamming, random_jigsaw, shuffle_tiles,  # noqa: F401
+                     standardize_tiles, unshuffle_tiles)
+from .ops import _rand, resized_crop
 
 __all__ = [
     "rotate90", "all_rotations",
-    "Grid", "patch_grid", "grid_boxes", "random_grid_params", "crop_patches",
-    "NEIGHBOURS", "relative_pairs", "random_relative_pairs", "drop_colour", "random_drop_colour",
-    "hamming_permutations", "min_hamming", "shuffle_tiles", "unshuffle_tiles", "jigsaw_boxes",
-    "random_jigsaw", "standardize_tiles", "resize_patches",
+    "Grid", "patch_grid", "crop_patches", "resize_patches",
+    "NEIGHBOURS", "PairScales", "pair_scales", "random_pair_boxes", "relative_pairs", "random_relative_pairs",
+    "drop_colour", "random_drop_colour",
 ]
 
 
@@ -103,31 +102,6 @@ def patch_grid(height: int, width: int, gap: float = 0.5, jitter: float = 0.15) 
     return Grid((ph, pw), (gh, gw), (jh, jw), (height, width))
 
 
-def grid_boxes(grid: Grid, origin: torch.Tensor, jitter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-left corners (top, left), each (B, 9), of the nine patches, cell index r * 3 + c (row-major).
-
-    origin: (B, 2) long in [0, slack] per axis (where the grid sits), jitter: (B, 9, 2) long in [-j, j].
-    """
-    dev = origin.device
-    rc = torch.arange(9, device=dev)
-    r, c = rc // 3, rc % 3  # cells: 9
-    step_h, step_w = grid.patch[0] + grid.gap[0], grid.patch[1] + grid.gap[1]
-    top = origin[:, :1] + grid.jitter[0] + r * step_h + jitter[..., 0]
-    left = origin[:, 1:] + grid.jitter[1] + c * step_w + jitter[..., 1]
-    return top, left
-
-
-def random_grid_params(b: int, grid: Grid, generator: torch.Generator | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A uniformly placed grid origin (B, 2) and independent per-patch jitter (B, 9, 2), long tensors."""
-    u = _rand((b, 2), generator, device)
-    slack = torch.tensor(grid.slack, device=device, dtype=torch.float32)
-    origin = torch.minimum(torch.floor(u * (slack + 1)), slack).long()
-    j = torch.tensor(grid.jitter, device=device, dtype=torch.float32)
-    v = _rand((b, 9, 2), generator, device)
-    jitter = (torch.minimum(torch.floor(v * (2 * j + 1)), 2 * j) - j).long()
-    return origin, jitter
-
-
 def crop_patches(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Exact crops: x (B, C, H, W), top/left (B, K) -> (B, K, C, h, w) with out[b, k] = x[b, :, t:t+h, l:l+w].
 
@@ -158,23 +132,89 @@ def resize_patches(p: torch.Tensor, side: int | None) -> torch.Tensor:
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def relative_pairs(x: torch.Tensor, grid: Grid, origin: torch.Tensor, jitter: torch.Tensor,
-                   label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The centre patch and the neighbour named by `label` (0..7, see NEIGHBOURS), each (B, C, h, w)."""
-    top, left = grid_boxes(grid, origin, jitter)
-    cell = label + (label >= 4).long()  # skip the centre, cell 4
-    idx = torch.stack([torch.full_like(cell, 4), cell], dim=1)  # idx: B x 2
-    pairs = crop_patches(x, top.gather(1, idx), left.gather(1, idx), grid.patch)  # B x 2 x C x h x w
-    return pairs[:, 0], pairs[:, 1]
+@dataclass(frozen=True)
+class PairScales:
+    """Relative position's patch sides per axis, drawn per pair in [lo, hi]: hi is the largest 3x3 grid that fits
+    (``patch_grid``), lo = max(2, round(min_scale * hi)). Gap and jitter are the fractions of the patch side."""
+
+    lo: tuple[int, int]
+    hi: tuple[int, int]
+    gap: float
+    jitter: float
+    size: tuple[int, int]
 
 
-def random_relative_pairs(x: torch.Tensor, grid: Grid, generator: torch.Generator | None = None):
-    """A random grid placement, jitter and neighbour per sample: (centre, neighbour, label, (origin, jitter))."""
-    b = x.shape[0]
-    origin, jitter = random_grid_params(b, grid, generator, x.device)
-    label = torch.minimum(torch.floor(_rand(b, generator, x.device) * 8), torch.tensor(7.0, device=x.device)).long()
-    centre, other = relative_pairs(x, grid, origin, jitter, label)
-    return centre, other, label, (origin, jitter)
+def pair_scales(height: int, width: int, gap: float = 0.5, jitter: float = 0.15, min_scale: float = 0.5) -> PairScales:
+    """The range of patch sides of an H x W image (ValueError when not even a 2 px grid fits).
+
+    Doersch et al. resize every image to between 150K and 450K pixels before cutting 96 px patches, so a patch
+    covers a random share of the scene; here the patch side is drawn between min_scale and 1 times the largest
+    that fits (28 px: 3-6 px, 64 px: 7-14 px; 8 px: 2 px only).
+    """
+    grid = patch_grid(height, width, gap, jitter)
+    lo = tuple(min(p, max(2, round(min_scale * p))) for p in grid.patch)
+    return PairScales(lo, grid.patch, gap, jitter, (height, width))
+
+
+def _spacing(p: torch.Tensor, gap: float, jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gap and jitter (long, like p) of patch side p, by ``patch_grid``'s rule: gap >= 1, gap > 2 * jitter."""
+    g = torch.clamp(torch.round(gap * p.float()), min=1).long()
+    j = torch.clamp(torch.round(jitter * p.float()), min=1 if jitter > 0 else 0).long()
+    return g, torch.minimum(j, (g - 1) // 2)
+
+
+def _uniform_int(lo: torch.Tensor, hi: torch.Tensor, generator, device) -> torch.Tensor:
+    """One uniform integer in [lo[i], hi[i]] per entry (long tensors of one shape)."""
+    u = _rand(lo.shape, generator, device)
+    return lo + torch.minimum(torch.floor(u * (hi - lo + 1).float()).long(), hi - lo)
+
+
+def random_pair_boxes(b: int, scales: PairScales, generator: torch.Generator | None = None, device="cpu"):
+    """Boxes of B (centre, neighbour) pairs: {"centre", "other": (B, 2) top-left (row, col), "size": (B, 2)
+    patch side, "label": (B,) the neighbour's place 0..7 (NEIGHBOURS)}, long tensors.
+
+    Per pair a patch side p (one draw for both axes), its gap g and jitter j, step s = p + g. The neighbour's
+    cell corner is drawn uniformly over [s + j, side - p - s - j], the positions from which a centre at any of
+    the 8 offsets stays inside the image, so where the neighbour sits says nothing about the label (on
+    centred data, its content alone no longer names it). The centre's corner is that corner minus
+    NEIGHBOURS[label] * s. Each patch then moves by up to +-j (the paper's jitter) and stays more than p
+    apart from the other along a moved axis (g > 2j): no edge runs from one patch into the other. In a bounded
+    image the two positions cannot both be independent of the label (a pair stays inside), so the centre's
+    carries what the neighbour's no longer does: a classifier on the centre's (row, col) alone scores 0.61
+    at 28 px (chance 0.125), against 1.0 on the neighbour's with the old fixed grid.
+    """
+    dev = device
+    u = _rand(b, generator, dev)
+    label = torch.minimum(torch.floor(_rand(b, generator, dev) * 8), torch.tensor(7.0, device=dev)).long()
+    d = torch.tensor(NEIGHBOURS, device=dev)[label]  # d: B x 2
+    size, centre, other = [], [], []
+    for a in range(2):
+        lo, hi, side = scales.lo[a], scales.hi[a], scales.size[a]
+        p = lo + torch.minimum(torch.floor(u * (hi - lo + 1)).long(), torch.tensor(hi - lo, device=dev))
+        g, j = _spacing(p, scales.gap, scales.jitter)
+        s = p + g
+        corner = _uniform_int(s + j, side - p - s - j, generator, dev)
+        jn, jc = (_uniform_int(-j, j, generator, dev) for _ in range(2))
+        size.append(p)
+        other.append(corner + jn)
+        centre.append(corner - d[:, a] * s + jc)
+    return {"centre": torch.stack(centre, 1), "other": torch.stack(other, 1), "size": torch.stack(size, 1),
+            "label": label}
+
+
+def relative_pairs(x: torch.Tensor, boxes: dict, out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centre and neighbour patches of `boxes` (``random_pair_boxes``), each (B, C, out, out): one bilinear
+    resized crop per patch (patches of one batch differ in size), exact when a patch is already out px."""
+    h, w = boxes["size"][:, 0], boxes["size"][:, 1]
+    cut = lambda corner: resized_crop(x, corner[:, 0], corner[:, 1], h, w, out)  # noqa: E731
+    return cut(boxes["centre"]), cut(boxes["other"])
+
+
+def random_relative_pairs(x: torch.Tensor, scales: PairScales, out: int, generator: torch.Generator | None = None):
+    """Random pairs of every image: (centre (B, C, out, out), neighbour, label (B,), boxes)."""
+    boxes = random_pair_boxes(x.shape[0], scales, generator, x.device)
+    centre, other = relative_pairs(x, boxes, out)
+    return centre, other, boxes["label"], boxes
 
 
 def drop_colour(x: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -199,97 +239,3 @@ def random_drop_colour(x: torch.Tensor, generator: torch.Generator | None = None
     gdev = generator.device if generator is not None else x.device
     noise = torch.randn(x.shape, generator=generator, device=gdev).to(x.device)
     return drop_colour(x, keep, noise), keep
-
-
-# ------------------------------------------------------------------------------------------ jigsaw
-
-@lru_cache(maxsize=8)
-def _permutations(n: int, tiles: int, seed: int) -> tuple[tuple[int, ...], ...]:
-    every = np.array(list(itertools.permutations(range(tiles))), dtype=np.int8)  # every: T! x T, lexicographic
-    first = int(torch.randint(len(every), (1,), generator=torch.Generator().manual_seed(seed)))
-    chosen = [first]
-    nearest = (every != every[first]).sum(1, dtype=np.int8)  # Hamming distance of each one to the chosen set
-    for _ in range(n - 1):
-        j = int(np.argmax(nearest))  # the farthest from the set; ties -> the lowest index (deterministic)
-        chosen.append(j)
-        np.minimum(nearest, (every != every[j]).sum(1, dtype=np.int8), out=nearest)
-    return tuple(tuple(int(v) for v in every[j]) for j in chosen)
-
-
-def hamming_permutations(n: int = 100, tiles: int = 9, seed: int = 0) -> torch.Tensor:
-    """A fixed set of n permutations of `tiles` tiles, far apart in Hamming distance: (n, tiles) long.
-
-    Noroozi & Favaro 2016, Algorithm 1, greedily adds the permutation farthest from those chosen so far,
-    starting from a random one. The paper scores a candidate by its summed distance to the set (1^T D); this
-    takes the minimum instead (max-min, farthest-point selection), which is what guarantees a minimum distance
-    between any two classes. The first permutation comes from `seed`, ties go to the lowest index in
-    lexicographic order, so the set is the same on every machine. 100 of 9 tiles: minimum distance 6, in ~2 s (cached per process).
-    """
-    import math
-
-    if not 2 <= n <= math.factorial(tiles):
-        raise ValueError(f"a permutation set of {tiles} tiles holds 2 to {math.factorial(tiles)} permutations, not {n}")
-    return torch.tensor(_permutations(n, tiles, seed), dtype=torch.long)
-
-
-def min_hamming(perms: torch.Tensor) -> int:
-    """The smallest Hamming distance between two rows of a permutation set (N, T)."""
-    d = (perms.unsqueeze(0) != perms.unsqueeze(1)).sum(-1)
-    d.fill_diagonal_(perms.shape[1] + 1)
-    return int(d.min())
-
-
-def shuffle_tiles(tiles: torch.Tensor, perms: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """out[b, i] = tiles[b, perms[index[b], i]]: tiles (B, T, ...) in grid order, index (B,) into perms (N, T)."""
-    p = perms.to(tiles.device)[index]  # p: B x T
-    return tiles.gather(1, p.view(*p.shape, *([1] * (tiles.dim() - 2))).expand_as(tiles))
-
-
-def unshuffle_tiles(shuffled: torch.Tensor, perms: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """The inverse of shuffle_tiles: the tiles back in grid order (the inverse permutation is argsort)."""
-    return shuffle_tiles(shuffled, perms.argsort(dim=1), index)
-
-
-def jigsaw_boxes(height: int, width: int, tile: float, origin: torch.Tensor, offset: torch.Tensor):
-    """Corners (top, left), each (B, 9), and the tile size of Noroozi & Favaro's 3x3 puzzle.
-
-    The image's largest 3x3 grid of cells (side // 3) is placed at `origin` (B, 2) in [0, side % 3]; each tile
-    covers `tile` of its cell (64/75 px in the paper) at `offset` (B, 9, 2) in [0, cell - tile], so the tiles
-    are separated by a random gap (averaging 11 px in the paper) and cannot be joined by their edges.
-    """
-    cell = (height // 3, width // 3)
-    size = (max(1, round(tile * cell[0])), max(1, round(tile * cell[1])))
-    rc = torch.arange(9, device=origin.device)
-    top = origin[:, :1] + (rc // 3) * cell[0] + offset[..., 0]
-    left = origin[:, 1:] + (rc % 3) * cell[1] + offset[..., 1]
-    return top, left, size
-
-
-def random_jigsaw(x: torch.Tensor, perms: torch.Tensor, tile: float = 0.85,
-                  generator: torch.Generator | None = None):
-    """Cut a random 3x3 puzzle from each image and shuffle it by a random permutation of the set.
-
-    Returns (shuffled tiles (B, 9, C, t, t'), permutation index (B,) = the label, (origin, offset)).
-    """
-    b, _, h, w = x.shape
-    dev = x.device
-    cell = torch.tensor([h // 3, w // 3], device=dev, dtype=torch.float32)
-    size = torch.tensor([max(1, round(tile * (h // 3))), max(1, round(tile * (w // 3)))], device=dev,
-                        dtype=torch.float32)
-    rest = torch.tensor([h - 3 * (h // 3), w - 3 * (w // 3)], device=dev, dtype=torch.float32)
-    origin = torch.minimum(torch.floor(_rand((b, 2), generator, dev) * (rest + 1)), rest).long()
-    free = cell - size
-    offset = torch.minimum(torch.floor(_rand((b, 9, 2), generator, dev) * (free + 1)), free).long()
-    n = perms.shape[0]
-    index = torch.minimum(torch.floor(_rand(b, generator, dev) * n), torch.tensor(n - 1.0, device=dev)).long()
-    top, left, tsize = jigsaw_boxes(h, w, tile, origin, offset)
-    tiles = crop_patches(x, top, left, tsize)  # tiles: B x 9 x C x t x t'
-    return shuffle_tiles(tiles, perms, index), index, (origin, offset)
-
-
-def standardize_tiles(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Each tile (over its channels and pixels) to zero mean and unit std: Noroozi & Favaro normalise every
-    tile independently so the network cannot match tiles by their brightness or contrast. t: (..., C, h, w)."""
-    mean = t.mean(dim=(-3, -2, -1), keepdim=True)
-    std = t.std(dim=(-3, -2, -1), keepdim=True)
-    return (t - mean) / (std + eps)
