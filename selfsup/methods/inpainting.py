@@ -26,7 +26,7 @@ class Inpainting(Method):
     inpainting results). Pathak et al. (sec. 3.3) found that the central mask's features latch onto its fixed
     boundary and transfer poorly, and train their features with random masks: with the central one the encoder
     sees a grey square at the same place in every pretraining image and never at evaluation. Their best
-    'random region' shapes come from PASCAL VOC segmentations (not available here); random blocks are
+    "random region" shapes come from PASCAL VOC segmentations (not available here); random blocks are
     their other random option. Left out of the
     paper: the adversarial loss (its weight is 0.001 against 0.999 for L2; it sharpens the pixels, not the
     features) and the 7-px overlap band weighted 10x; the bottleneck is the backbone's pooled vector, not a
@@ -38,17 +38,24 @@ class Inpainting(Method):
     paper = "Pathak et al. 2016, Context Encoders: Feature Learning by Inpainting (CVPR)"
     # The paper trains with Adam at 2e-4 (beta1 0.5, for the GAN term); L2 alone converges faster at the
     # autoencoder's 1e-3, which matters in a CPU budget of a few hundred steps.
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.0)}
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.0,
+                               source="ours: the autoencoder's rate (the paper: Adam at 2e-4, beta1 0.5, for its GAN "
+                                      "term, sec. 3.4)")}
 
     @dataclass
     class Hparams:
         mask: Literal["center", "random"] = setting("random", "'random': random disjoint blocks of a grid, a new "
                                                                "draw per image (the paper's choice for features); "
-                                                               "'center': the central block")
+                                                               "'center': the central block",
+            source="Pathak et al. 2016, sec. 3.3: random regions for feature learning (central-region features latch "
+                   "onto the mask boundary)")
         mask_size: float = setting(0.5, "center: the block's side as a fraction of the image's (0.5: a quarter "
-                                         "of the area, as the paper)")
-        grid: int = setting(4, "random: the image is tiled grid x grid")
-        blocks: int = setting(4, "random: how many of the grid's cells are masked per image")
+                                         "of the area, as the paper)",
+            source="Pathak et al. 2016, sec. 3.3: the central block covers a quarter of the image")
+        grid: int = setting(4, "random: the image is tiled grid x grid",
+            source="ours: the paper describes its random blocks in words only (sec. 3.3); a 4x4 grid")
+        blocks: int = setting(4, "random: how many of the grid's cells are masked per image",
+            source="ours: 4 of 16 cells hide a quarter of the image, as the paper's central block does (sec. 3.3)")
 
         def __post_init__(self):
             if not 0 < self.mask_size < 1:

@@ -37,23 +37,39 @@ class Jigsaw(Method):
 
     name = "jigsaw"
     paper = "Noroozi & Favaro 2016, Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles (ECCV)"
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.05),
-                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4)}
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.05,
+                               source="ours: a common AdamW rate for small CNNs, not tuned (the paper trains with "
+                                      "SGD)"),
+                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4,
+                             source="ours: 0.1 per 256, not tuned (the paper: SGD at lr 0.01, sec. 3.3)")}
 
     @dataclass
     class Hparams:
-        permutations: int = setting(100, "size of the permutation set = number of classes (the paper: 100-1000)")
-        perm_seed: int = setting(0, "seed of the first permutation of the greedy max-min-Hamming set")
+        permutations: int = setting(100, "size of the permutation set = number of classes (the paper: 100-1000)",
+            source="Noroozi & Favaro 2016, sec. 3.2 (100-1000 permutations; 1000 was their best, 100 fits a small CPU"
+                   " budget)")
+        perm_seed: int = setting(0, "seed of the first permutation of the greedy max-min-Hamming set",
+            source="ours: any seed; the paper's greedy max-min-Hamming selection (sec. 3.2) starts from a random "
+                   "permutation")
         tile: float = setting(0.75, "tile side as a fraction of its grid cell (the paper: 64/75); the rest is a "
-                                    "random gap")
+                                    "random gap",
+            source="Noroozi & Favaro 2016, sec. 3.3: 64 px tiles in 75 px cells")
         gap: float = setting(0.1, "smallest gap between two tiles, in cells (at least 1 px); kept for every "
-                                   "offset drawn")
+                                   "offset drawn",
+            source="ours: the smallest gap that keeps tiles apart at 28-32 px (the paper's 11 px margin, sec. 3.3, "
+                   "cannot fit there)")
         channel_shift: int = setting(2, "RGB: each channel of a tile moves by 0 to this many px (the paper: 0-2, "
-                                        "against chromatic aberration); 1-channel images: none")
-        tile_px: int | None = setting(None, "side the tiles are resized to (None: half the image side, >= 16)")
-        tile_dim: int = setting(128, "width of each tile's code before concatenation (the paper's fc6: 512)")
-        hidden: int = setting(512, "hidden width of the permutation classifier (the paper's fc7: 4096)")
-        gray_p: float = setting(0.3, "probability of grayscaling an RGB puzzle")
+                                        "against chromatic aberration); 1-channel images: none",
+            source="Noroozi & Favaro 2016, sec. 3.3: each colour channel jittered by 0-2 px against chromatic "
+                   "aberration")
+        tile_px: int | None = setting(None, "side the tiles are resized to (None: half the image side, >= 16)",
+            source="ours: not tuned (the paper feeds 64 px tiles)")
+        tile_dim: int = setting(128, "width of each tile's code before concatenation (the paper's fc6: 512)",
+            source="ours: scaled down from the paper's fc6 of 512 (Fig. 3) for a small CNN")
+        hidden: int = setting(512, "hidden width of the permutation classifier (the paper's fc7: 4096)",
+            source="ours: scaled down from the paper's fc7 of 4096 (Fig. 3)")
+        gray_p: float = setting(0.3, "probability of grayscaling an RGB puzzle",
+            source="ours: not tuned (Noroozi et al.'s later code grayscales some tiles against chromatic aberration)")
 
         def __post_init__(self):
             if not 2 <= self.permutations <= 362880:

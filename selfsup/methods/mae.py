@@ -27,22 +27,31 @@ class MAE(Method):
     paper = "He et al. 2021, Masked Autoencoders Are Scalable Vision Learners (CVPR 2022)"
     backbone_default = "vit"
     # The paper's pretraining optimizer: AdamW, base lr 1.5e-4 per 256 samples, wd 0.05, betas (0.9, 0.95).
-    optimizers = {"adamw": OptimDefaults(lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), per_256=True)}
+    optimizers = {"adamw": OptimDefaults(lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), per_256=True,
+                               source="He et al. 2021, appendix A.1: AdamW, base lr 1.5e-4 per 256, weight decay "
+                                      "0.05, betas (0.9, 0.95)")}
 
     @dataclass
     class Hparams:
         mask_ratio: float = setting(0.75, "fraction of the patches removed from the encoder's input (the paper's "
-                                          "0.75; int(N * 0.25) stay visible)")
+                                          "0.75; int(N * 0.25) stay visible)",
+            source="He et al. 2021, sec. 4.1 and Fig. 5: 75% masking")
         decoder_dim: int = setting(64, "decoder width (narrower than the encoder's 96, as the paper's 512 for "
-                                       "ViT-L's 1024)")
+                                       "ViT-L's 1024)",
+            source="ours: scaled down from the paper's 512-wide decoder (Table 1) for the small ViT")
         decoder_depth: int = setting(2, "decoder Transformer blocks (the paper's light decoder has 8; 1 already "
-                                        "works, sec. 4.1)")
-        decoder_heads: int = setting(4, "decoder attention heads")
+                                        "works, sec. 4.1)",
+            source="ours: scaled down from the paper's 8 blocks (Table 1a; 1 block already works)")
+        decoder_heads: int = setting(4, "decoder attention heads",
+            source="ours: not tuned (the paper's decoder has 16 heads)")
         crop_scale: tuple[float, float] = setting((0.2, 1.0), "random resized crop's area range before masking (He "
-                                                              "et al. 2021: 0.2-1; [1, 1]: no crop)")
-        flip_p: float = setting(0.5, "probability of a horizontal flip before masking (He et al. 2021: 0.5)")
+                                                              "et al. 2021: 0.2-1; [1, 1]: no crop)",
+            source="He et al. 2021, appendix A.1: RandomResizedCrop with scale (0.2, 1.0)")
+        flip_p: float = setting(0.5, "probability of a horizontal flip before masking (He et al. 2021: 0.5)",
+            source="He et al. 2021, appendix A.1: random horizontal flip")
         norm_pix_loss: bool = setting(True, "targets are each patch's pixels standardised by the patch's own mean "
-                                            "and variance")
+                                            "and variance",
+            source="He et al. 2021, sec. 3 and Table 1d: per-patch normalised pixels as targets")
 
         def __post_init__(self):
             if not 0 < self.mask_ratio < 1:

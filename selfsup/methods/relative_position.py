@@ -44,20 +44,30 @@ class RelativePosition(Method):
     name = "relative_position"
     aliases = ("relpos", "context_prediction", "doersch")
     paper = "Doersch et al. 2015, Unsupervised Visual Representation Learning by Context Prediction (ICCV)"
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.05),
-                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4)}
+    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.05,
+                               source="ours: a common AdamW rate for small CNNs, not tuned (the paper trains with "
+                                      "SGD)"),
+                  "sgd": OptimDefaults(lr=0.1, weight_decay=5e-4,
+                             source="ours: not tuned (the paper's SGD schedule, sec. 4, is for AlexNet on ImageNet)")}
 
     @dataclass
     class Hparams:
-        gap: float = setting(0.5, "gap between neighbouring patches, in patch sides (the paper: 48 of 96 px)")
+        gap: float = setting(0.5, "gap between neighbouring patches, in patch sides (the paper: 48 of 96 px)",
+            source="Doersch et al. 2015, sec. 3: a 48 px gap between 96 px patches")
         jitter: float = setting(0.15, "largest random shift of each patch, in patch sides (at least 1 px, "
-                                      "always under half the gap)")
+                                      "always under half the gap)",
+            source="Doersch et al. 2015, sec. 3: patches jittered by up to 7 px (of 96)")
         min_scale: float = setting(0.5, "smallest patch side drawn, as a fraction of the largest that fits (the "
-                                        "paper's images vary 150K-450K pixels under fixed 96 px patches)")
-        patch_px: int | None = setting(None, "side the patches are resized to (None: half the image side, >= 16)")
+                                        "paper's images vary 150K-450K pixels under fixed 96 px patches)",
+            source="ours: the paper resizes images to 150K-450K pixels under fixed 96 px patches (sec. 3), so patches"
+                   " vary in relative scale")
+        patch_px: int | None = setting(None, "side the patches are resized to (None: half the image side, >= 16)",
+            source="ours: not tuned (the paper feeds 96 px patches)")
         colour: Literal["drop", "gray", "keep"] = setting(
-            "drop", "against chromatic aberration: drop two colour channels per patch (paper), grayscale, or keep")
-        hidden: int = setting(512, "hidden width of the pair classifier")
+            "drop", "against chromatic aberration: drop two colour channels per patch (paper), grayscale, or keep",
+            source="Doersch et al. 2015, sec. 3.1: dropping colour channels against chromatic aberration")
+        hidden: int = setting(512, "hidden width of the pair classifier",
+            source="ours: not tuned (the paper's fc layers are 4096 wide)")
 
         def __post_init__(self):
             if self.gap <= 0 or self.jitter < 0 or self.hidden < 1 or (self.patch_px is not None and self.patch_px < 4):
