@@ -80,7 +80,8 @@ def run_steps(model: torch.nn.Module, method: torch.nn.Module, batches: list[dic
         method.on_step_end(step, 10)
     record["norms"] = sorted({type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__})
     if isinstance(method, BYOL):
-        record["target_norms"] = sorted({type(m).__name__ for m in method.target.modules() if "Norm" in type(m).__name__})
+        record["target_norms"] = sorted({type(m).__name__ for m in method.target.modules()
+                                         if "Norm" in type(m).__name__})
     record["state"] = {k: v.clone() for k, v in method.state_dict().items()}
     return record
 

@@ -7,14 +7,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from selfsup import Config, pretrain
 from selfsup.data import image_spec
 from selfsup.distributed import state_digest
 from selfsup.losses import barlow_twins, byol_loss, negative_cosine, vicreg
 from selfsup.methods import get_method
-from selfsup.methods.byol import BYOL
 from selfsup.train.checkpoint import load_checkpoint
 from selfsup.train.optim import build_optimizer
 
