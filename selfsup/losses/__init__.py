@@ -1,8 +1,11 @@
 """Losses as pure functions of tensors: testable against their formulas without a model."""
+from .barlow import barlow_twins
+from .byol import byol_loss, negative_cosine
 from .diagnostics import embedding_std, top1
 from .info_nce import info_nce, info_nce_logits
 from .nt_xent import nt_xent, nt_xent_logits
 from .reconstruction import reconstruction_mse
+from .vicreg import vicreg
 
-__all__ = ["embedding_std", "info_nce", "info_nce_logits", "nt_xent", "nt_xent_logits", "reconstruction_mse",
-           "top1"]
+__all__ = ["barlow_twins", "byol_loss", "embedding_std", "info_nce", "info_nce_logits", "negative_cosine", "nt_xent",
+           "nt_xent_logits", "reconstruction_mse", "top1", "vicreg"]

@@ -1,0 +1,179 @@
+"""Workers for tests/test_distributed_joint.py: BYOL, SimSiam, Barlow Twins and VICReg on 2 gloo processes.
+
+`spawn(out)` forks 2 processes (forked, they import nothing again) that join a gloo group through a file store in
+`out` and, on this rank's slice of fixed global batches:
+  - take two SGD steps of each method, DDP-wrapped with global BatchNorm exactly as the training loop wraps it,
+    recording the (global mean) loss, every trainable gradient and the state before each step;
+  - run the Barlow Twins and VICReg losses alone on leaf embeddings, recording their gradients, once through
+    the real gather and once through gathers broken the two ways peers shipped (a backward that returns only the
+    local slice, solo-learn #232 / lightly #1531; a plain all_gather autograd cannot see, lightly #1977), so the
+    test can show that its comparison catches both.
+Each rank writes out/rank{r}.pt; the test rebuilds the same models and batches in one process to compare.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from selfsup.data import image_spec
+from selfsup.methods.barlow_twins import BarlowTwins
+from selfsup.methods.byol import BYOL
+from selfsup.methods.simsiam import SimSiam
+from selfsup.methods.vicreg import VICReg
+
+B = 32  # the global batch: 16 rows per process on 2
+SPEC = image_spec((1, 8, 8), [0.5], [0.25])
+METHODS = {
+    "byol": lambda: BYOL(SPEC, BYOL.Hparams(proj_hidden=32, proj_dim=8, pred_hidden=32, momentum=0.9), "small_cnn"),
+    "simsiam": lambda: SimSiam(SPEC, SimSiam.Hparams(proj_hidden=32, proj_dim=16, pred_hidden=8), "small_cnn"),
+    "barlow_twins": lambda: BarlowTwins(SPEC, BarlowTwins.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
+    "vicreg": lambda: VICReg(SPEC, VICReg.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    """The same freshly initialised method on every process and in the test."""
+    torch.manual_seed(0)
+    return METHODS[name]()
+
+
+def global_batches(steps: int = 2) -> list[dict[str, torch.Tensor]]:
+    """Fixed global batches of B view pairs, one per step."""
+    g = torch.Generator().manual_seed(1)
+    return [{"v1": torch.randn(B, 1, 8, 8, generator=g), "v2": torch.randn(B, 1, 8, 8, generator=g)}
+            for _ in range(steps)]
+
+
+def embeddings() -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed global embeddings of two views, B x 8, for the losses alone."""
+    z = torch.randn(2, B, 8, generator=torch.Generator().manual_seed(2))
+    return z[0] + 0.5 * z[1], z[1]  # correlated views, so the cross-correlation is not near 0
+
+
+def local(batch: dict, r: int, w: int) -> dict:
+    """Process r's rows of a global batch."""
+    b = B // w
+    return {k: v[r * b:(r + 1) * b].clone() for k, v in batch.items()}
+
+
+def run_steps(model: torch.nn.Module, method: torch.nn.Module, batches: list[dict], r: int, w: int) -> dict:
+    """SGD steps; per step the state before it, the global mean loss and every trainable parameter's gradient."""
+    from selfsup.distributed import mean_over_processes
+
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    record = dict(loss=[], grads=[], before=[])
+    for step, batch in enumerate(batches):
+        record["before"].append({k: v.clone() for k, v in method.state_dict().items()})
+        loss, _ = model(local(batch, r, w))
+        opt.zero_grad()
+        loss.backward()
+        record["loss"].append(mean_over_processes(loss.detach()))
+        record["grads"].append({n: p.grad.clone() for n, p in method.named_parameters() if p.requires_grad})
+        opt.step()
+        method.on_step_end(step, 10)
+    record["norms"] = sorted({type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__})
+    if isinstance(method, BYOL):
+        record["target_norms"] = sorted({type(m).__name__ for m in method.target.modules()
+                                         if "Norm" in type(m).__name__})
+    record["state"] = {k: v.clone() for k, v in method.state_dict().items()}
+    return record
+
+
+class LocalSliceBackward(torch.autograd.Function):
+    """A broken gather: all_gather forward, but the backward returns only this process's slice of the gradient,
+    without summing over processes (solo-learn #232, lightly #1531)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.rows = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def plain_gather(x: torch.Tensor) -> torch.Tensor:
+    """A broken gather: other processes' rows as constants (a plain collective autograd cannot see, lightly #1977)."""
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.detach().contiguous())
+    out[dist.get_rank()] = x
+    return torch.cat(out)
+
+
+def loss_grads(r: int, w: int) -> dict:
+    """Gradients of each loss on this rank's leaf embeddings: with the real gather and the two broken ones."""
+    from selfsup.distributed import gather
+
+    # the modules (selfsup.losses exports functions of the same names)
+    barlow, vicreg = (importlib.import_module(f"selfsup.losses.{m}") for m in ("barlow", "vicreg"))
+
+    z1, z2 = embeddings()
+    b = B // w
+    out = {}
+    for kind, fn in (("real", gather), ("local_slice", LocalSliceBackward.apply), ("plain", plain_gather)):
+        for name, module, loss_fn in (("barlow_twins", barlow, barlow.barlow_twins),
+                                      ("vicreg", vicreg, lambda a, c: vicreg.vicreg(a, c)[0])):
+            real, module.gather = module.gather, fn
+            try:
+                a = z1[r * b:(r + 1) * b].clone().requires_grad_(True)
+                c = z2[r * b:(r + 1) * b].clone().requires_grad_(True)
+                loss = loss_fn(a, c)
+                loss.backward()
+            finally:
+                module.gather = real
+            out[(name, kind)] = (loss.detach(), a.grad, c.grad)
+    return out
+
+
+def joint(out: Path) -> None:
+    from selfsup import Config
+    from selfsup.distributed import rank, world_size
+    from selfsup.train.parallel import wrap
+
+    r, w = rank(), world_size()
+    result = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in METHODS:
+            method = build(name)
+            model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
+            result[name] = run_steps(model, method, global_batches(), r, w)
+        result["loss_grads"] = loss_grads(r, w)
+    result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
+    torch.save(result, out / f"rank{r}.pt")
+
+
+def _entry(r: int, w: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(r), WORLD_SIZE=str(w), LOCAL_RANK=str(r))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=w)
+    try:
+        joint(Path(out))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(store: Path, out: Path, procs: int = 2, timeout: float = 240) -> None:
+    """Run `joint(out)` on `procs` forked processes in one gloo group; raise if any fails or time runs out."""
+    ctx = mp.start_processes(_entry, args=(procs, str(store), str(out)), nprocs=procs, join=False,
+                             start_method="fork")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the joint-embedding case on {procs} processes did not finish in {timeout:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
