@@ -87,7 +87,8 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g.add_argument("--weight-decay", type=float, help="weight decay (never on biases and norm weights)")
     g.add_argument("--warmup", type=float, help="linear warm-up before the cosine decay, as a share of the steps "
                                                "(default 0.05, at most 10 epochs)")
-    g.add_argument("--warmup-epochs", type=float, help="warm up for exactly this many epochs instead of --warmup")
+    g.add_argument("--warmup-epochs", type=float,
+                   help="warm up for exactly this many epochs (instead of a share of the steps)")
     g.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a method setting, e.g. --set temperature=0.1 (repeatable; see selfsup methods NAME)")
     _add_method_flags(p, method)
