@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -37,11 +38,7 @@ from .train.checkpoint import load_checkpoint
 from .train.logging import read_jsonl
 
 FRACTIONS = (0.01, 1.0)  # the table's 1%-label and all-label columns
-CALIBRATION_TOTAL = 10_000  # epochs a --minutes run is opened with; its first epoch (warmup) does not depend on it
-
-
-class _Timed(Exception):
-    """Raised after the first epoch of a --minutes run, once it has been timed."""
+TIMING_STEPS = 20  # a --minutes budget times this many steps of a scratch run, then trains the steps that fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +60,13 @@ class Budget:
 
     def describe(self) -> str:
         if self.minutes is not None:
-            return (f"{self.minutes:g} minutes of training per method: after its first epoch is timed, a method "
-                    f"trains ceil({self.minutes * 60:g} s / first epoch's seconds) epochs (at least 1), its "
-                    "learning-rate schedule spanning those epochs")
+            return (f"{self.minutes:g} minutes of training per method: {TIMING_STEPS} steps of a scratch run are "
+                    f"timed, then a method trains floor({self.minutes * 60:g} s / seconds per step) steps (at "
+                    "least 1), its learning-rate schedule spanning exactly those steps")
         if self.epochs is not None:
             return f"{self.epochs} epochs per method"
         steps = f"{self.steps}" if self.steps is not None else "the hardware recipe's"
-        return f"{steps} optimizer steps per method (rounded up to whole epochs)"
+        return f"{steps} optimizer steps per method (exactly: the last epoch may be partial)"
 
 
 class PeakMemory:
@@ -143,9 +140,16 @@ def _open_state(out: Path, protocol: dict) -> dict:
     return state
 
 
-def _first_epoch_seconds(paths: RunPaths) -> float:
-    records = [r for r in read_jsonl(paths.metrics) if r.get("event") == "epoch"]
-    return float(records[0]["seconds"])
+def _time_steps(base: Config, scratch: Path, progress) -> dict:
+    """Seconds per training step of `base`, from TIMING_STEPS steps of a scratch run (removed afterwards): the
+    real run is then opened with the steps that fit, so its schedule spans its whole budget from the start."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        api.pretrain(dataclasses.replace(base, out=str(scratch), steps=TIMING_STEPS), progress=progress)
+        records = [r for r in read_jsonl(RunPaths(scratch).metrics) if r.get("event") == "epoch"]
+        return dict(timed_steps=records[-1]["step"], step_s=sum(r["seconds"] for r in records) / records[-1]["step"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _pretrain(name: str, run_dir: Path, protocol: dict, budget: Budget, entry: dict, progress) -> None:
@@ -159,23 +163,20 @@ def _pretrain(name: str, run_dir: Path, protocol: dict, budget: Budget, entry: d
     t0 = time.perf_counter()
     with PeakMemory(device) as mem:
         if not paths.last.is_file():
-            if budget.minutes is None:
-                api.pretrain(dataclasses.replace(base, steps=budget.steps, epochs=budget.epochs), progress=progress)
-            else:
-                def stop(epoch: int) -> None:
-                    raise _Timed
-                try:
-                    api.pretrain(dataclasses.replace(base, epochs=CALIBRATION_TOTAL), progress=progress,
-                                 on_epoch_end=stop)
-                except _Timed:
-                    pass
-        if budget.minutes is not None and "epochs" not in entry:
-            first = _first_epoch_seconds(paths)
-            entry.update(first_epoch_s=first, epochs=max(1, math.ceil(budget.minutes * 60 / first)))
-        if entry.get("epochs") is not None or load_checkpoint(paths.last)["epoch"] < Config.load(paths.config).epochs:
-            api.pretrain(Config(out=str(run_dir), epochs=entry.get("epochs")), resume=True, progress=progress)
-    seconds = [r["seconds"] for r in read_jsonl(paths.metrics) if r.get("event") == "epoch"]
-    entry.update(pretrained=True, epochs_done=len(seconds), epoch_s=statistics.median(seconds) if seconds else None,
+            steps = budget.steps
+            if budget.minutes is not None:
+                if "steps" not in entry:
+                    timed = _time_steps(base, run_dir.with_name(f".{run_dir.name}-timing"), progress)
+                    entry.update(timed, steps=max(1, math.floor(budget.minutes * 60 / timed["step_s"])))
+                steps = entry["steps"]
+            api.pretrain(dataclasses.replace(base, steps=steps, epochs=budget.epochs), progress=progress)
+        elif load_checkpoint(paths.last)["step"] < Config.load(paths.config).steps:  # interrupted: finish it
+            api.pretrain(Config(out=str(run_dir)), resume=True, progress=progress)
+    records = [r for r in read_jsonl(paths.metrics) if r.get("event") == "epoch"]
+    seconds = [r["seconds"] for r in records]
+    whole = [r["seconds"] for r in records if "epoch_steps" not in r] or seconds  # a partial last epoch is shorter
+    entry.update(pretrained=True, epochs_done=len(seconds), steps_done=records[-1]["step"] if records else 0,
+                 epoch_s=statistics.median(whole) if whole else None,
                  train_s=sum(seconds), pretrain_wall_s=entry.get("pretrain_wall_s", 0.0) + time.perf_counter() - t0,
                  peak_mib=max(filter(None, (entry.get("peak_mib"), mem.mib)), default=None), peak_what=mem.what)
 
@@ -187,8 +188,9 @@ def _evaluate(run_dir: Path, protocol: dict, entry: dict, progress) -> None:
         return
     ff = protocol["finetune_fraction"]
     t0 = time.perf_counter()
+    protocols = ("knn", "linear") + (() if protocol.get("no_finetune") else ("finetune",))
     result = api.evaluate(run_dir, fractions=tuple(sorted({*FRACTIONS, ff})), layer=protocol["layer"],
-                          finetune_fractions=(ff,), finetune_epochs=protocol["finetune_epochs"],
+                          protocols=protocols, finetune_fractions=(ff,), finetune_epochs=protocol["finetune_epochs"],
                           finetune_max_steps=protocol["finetune_max_steps"], device=protocol["device"],
                           seed=protocol["seed"], progress=progress)
     keep = ("results", "layer", "layer_choice", "random_layer", "random_layer_choice", "backbone", "splits",
@@ -199,12 +201,15 @@ def _evaluate(run_dir: Path, protocol: dict, entry: dict, progress) -> None:
 def bench(methods: str | list[str] | None = None, data: str = "fashion-mnist", out: str | Path = "runs/bench", *,
           steps: int | None = None, epochs: int | None = None, minutes: float | None = None,
           backbone: str | None = None, layer: str = "best", finetune_fraction: float = 0.01,
-          finetune_epochs: int | None = None, finetune_max_steps: int | None = None, device: str = "auto",
-          seed: int = 0, threads: int | None = None, progress: bool | None = None) -> dict:
+          finetune_epochs: int | None = None, finetune_max_steps: int | None = None, finetune: bool = True,
+          device: str = "auto", seed: int = 0, threads: int | None = None, progress: bool | None = None) -> dict:
     """Pretrain and evaluate each method (comma-separated names, a list, or None: every method for the data's
     kind) under one budget; write OUT/bench.md (the table), OUT/bench.png (bars) and OUT/bench.json.
 
-    Returns the state (protocol, per-method results) with "markdown" added. Runs live in OUT/<method>.
+    Fine-tuning follows `selfsup eval`'s budget (the hardware's epochs, at least its floor of steps) unless
+    `finetune_epochs` or `finetune_max_steps` change it, which the table's header and the chart then say;
+    `finetune=False` leaves the fine-tune column out. Returns the state (protocol, per-method results) with
+    "markdown" added. Runs live in OUT/<method>.
     """
     budget = Budget(steps, epochs, minutes).check()
     if not 0 < finetune_fraction <= 1:
@@ -221,7 +226,8 @@ def bench(methods: str | list[str] | None = None, data: str = "fashion-mnist", o
         raise SelfSupError(f"cannot create bench directory {out}: {e.strerror}") from None
     protocol = dict(data=data, budget=budget.describe(), backbone=backbone, layer=layer, seed=seed,
                     finetune_fraction=finetune_fraction, finetune_epochs=finetune_epochs,
-                    finetune_max_steps=finetune_max_steps, device=str(dev), threads=threads)
+                    finetune_max_steps=finetune_max_steps, device=str(dev), threads=threads,
+                    no_finetune=None if finetune else True)  # None: bench.json of earlier versions still matches
     state = _open_state(out, protocol)
     state["order"] = names
     t0 = time.perf_counter()

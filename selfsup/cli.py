@@ -74,10 +74,10 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g.add_argument("--backbone", choices=list(BACKBONES),
                    help="default: the method's, else resnet18 on GPU and small_cnn on CPU")
     g = p.add_argument_group("schedule (defaults come from the method and the hardware)")
-    g.add_argument("--steps", type=int, help="training budget in optimizer steps; epochs follow from the data size "
-                                             "(default 1400 on CPU, 23400 on GPU)")
-    g.add_argument("--epochs", type=int, help="total epochs instead of a step budget (with --resume: the new total; "
-                                              "0 saves the untrained model)")
+    g.add_argument("--steps", type=int, help="training budget in optimizer steps, exactly (the last epoch may be "
+                                             "partial; default 1400 on CPU, 23400 on GPU)")
+    g.add_argument("--epochs", type=int, help="total epochs instead of a step budget (with --resume: only the run's "
+                                              "own, its schedule is kept; 0 saves the untrained model)")
     g.add_argument("--batch-size", type=int, help="samples per step (default 256 CPU / 512 GPU, halved on small data "
                                                   "until an epoch has at least 8 steps)")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS),
@@ -85,7 +85,10 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g.add_argument("--lr", type=float, help="peak learning rate (default: the method's for the chosen optimizer, "
                                             "scaled by batch/256 for sgd/lars)")
     g.add_argument("--weight-decay", type=float, help="weight decay (never on biases and norm weights)")
-    g.add_argument("--warmup-epochs", type=float, help="linear warmup before the cosine decay (default 2)")
+    g.add_argument("--warmup", type=float, help="linear warm-up before the cosine decay, as a share of the steps "
+                                               "(default 0.05, at most 10 epochs)")
+    g.add_argument("--warmup-epochs", type=float,
+                   help="warm up for exactly this many epochs (instead of a share of the steps)")
     g.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a method setting, e.g. --set temperature=0.1 (repeatable; see selfsup methods NAME)")
     _add_method_flags(p, method)

@@ -22,6 +22,11 @@ CPU_DEFAULTS = dict(backbone="small_cnn", batch_size=256, steps=1400)
 GPU_DEFAULTS = dict(backbone="resnet18", batch_size=512, steps=23400)
 MIN_STEPS_PER_EPOCH = 8  # small data sets get a smaller batch rather than an epoch of two or three steps
 KNN_CHECKS = 40  # the kNN monitor runs about this many times a run (every epoch on the CPU main job, every 5 of 200)
+# Warm-up: a share of the run's steps, at most WARMUP_MAX_EPOCHS epochs. 5% is SimCLR's 10 warm-up epochs of a
+# 200-epoch run (Chen et al. 2020, as our GPU recipe) and MAE's 40 of 800 (He et al. 2022); BERT warms up 1%
+# (Devlin et al. 2019), MoCo v2 not at all. 10 epochs is SimCLR's and BYOL's warm-up, whatever the run's length.
+WARMUP_SHARE = 0.05
+WARMUP_MAX_EPOCHS = 10
 # Method settings that were run-level fields before the method contract (config.yaml of older runs).
 _LEGACY_METHOD_KEYS = ("temperature", "proj_hidden", "proj_dim", "queue_size", "momentum")
 
@@ -32,8 +37,11 @@ class Config:
 
     `method_args` holds the method's own settings (its Hparams); resolved, it lists every one of them.
     `image_size`, `background`, `skip_bad` and `cache` say how an image folder is decoded (FolderOptions).
-    The budget is `steps` (optimizer steps) unless `epochs` is given; resolved, both are set. `holdout` is the
-    fraction of a source without a test split that is set aside, before pretraining, for evaluation.
+    The budget is `steps` (optimizer steps) unless `epochs` is given; resolved, both are set, and a run of
+    `steps` ends after exactly that many steps, inside its last epoch if `steps` is not a multiple of an epoch.
+    The learning rate warms up over `warmup` (a share) of the steps, at most WARMUP_MAX_EPOCHS epochs; or over
+    exactly `warmup_epochs` epochs when that is set (config.yaml of runs made before `warmup` existed has it).
+    `holdout` is the fraction of a source without a test split that is set aside, before pretraining, for evaluation.
     """
 
     method: str = "simclr"
@@ -50,7 +58,8 @@ class Config:
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
-    warmup_epochs: float = 2.0
+    warmup: float = WARMUP_SHARE
+    warmup_epochs: float | None = None
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -96,7 +105,9 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
 
     The learning rate and weight decay come from the method's defaults for the chosen optimizer, never from
     another optimizer's: an optimizer the method declares no defaults for needs an explicit --lr. The default
-    batch leaves at least MIN_STEPS_PER_EPOCH steps an epoch; epochs are the step budget over steps per epoch.
+    batch leaves at least MIN_STEPS_PER_EPOCH steps an epoch. The budget: `epochs` gives whole epochs; otherwise
+    `steps` (or the hardware's) is kept exactly and `epochs` is ceil(steps / steps per epoch), the last one
+    partial where the steps end inside it. A resolved config (both set, consistent) resolves to itself.
     """
     validate(cfg)
     cls = get_method(cfg.method)
@@ -119,10 +130,11 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
     if n is not None:
         hp = cls.fit_to_data(hp, n, batch_size)
         per_epoch = max(1, n // min(batch_size, n))
-        if epochs is None:
-            steps = steps or hw["steps"]
-            epochs = math.ceil(steps / per_epoch)
-        steps = epochs * per_epoch
+        fits = epochs is not None and steps is not None and (epochs - 1) * per_epoch < steps <= epochs * per_epoch
+        if epochs is not None and not fits:
+            steps = epochs * per_epoch  # --epochs: whole epochs (a resolved config keeps its own steps)
+        steps = steps if steps is not None else hw["steps"]
+        epochs = math.ceil(steps / per_epoch)
     knn_every = cfg.knn_every if cfg.knn_every is not None else max(1, round((epochs or 1) / KNN_CHECKS))
     return dataclasses.replace(
         cfg, method=cls.name, optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps,
@@ -141,6 +153,7 @@ _CHECKS = {
     "lr": (lambda v: v > 0 and math.isfinite(v), "a number > 0"),
     "weight_decay": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
     "warmup_epochs": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
+    "warmup": (lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1)"),
     "holdout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "vocab_size": (lambda v: v > 5, "an integer > 5 (the 5 special tokens and at least one more)"),
     "seq_len": (lambda v: v >= 3, "an integer >= 3 ([CLS] text [SEP])"),
@@ -152,6 +165,15 @@ _CHECKS = {
     "image_size": (lambda v: v >= 1, "an integer >= 1"),
     "background": (lambda v: _colour(v), "a colour name, #rrggbb or R,G,B"),
 }
+
+
+def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
+    """Linear warm-up steps of a resolved run: `warmup_epochs` epochs when set (exactly, as before `warmup`
+    existed), else round(warmup * steps) capped at WARMUP_MAX_EPOCHS epochs, so that a short run warms up a
+    few percent of its budget instead of two whole epochs, and a long one no longer than the papers do."""
+    if cfg.warmup_epochs is not None:
+        return int(cfg.warmup_epochs * steps_per_epoch)
+    return min(round(cfg.warmup * (cfg.steps or 0)), int(WARMUP_MAX_EPOCHS * steps_per_epoch))
 
 
 def _colour(text: str) -> bool:

@@ -8,7 +8,7 @@ import torch
 
 import selfsup
 from selfsup import api
-from selfsup.bench_report import table_rows
+from selfsup.bench_report import _axis_from, chart_rows, table_rows, write_report
 from selfsup.cli import main
 from selfsup.errors import SelfSupError
 from selfsup.train.logging import read_jsonl
@@ -57,6 +57,7 @@ def test_bench_end_to_end_resume_and_reuse(tmp_path, monkeypatch):
 
     md = (out / "bench.md").read_text()
     assert md == state["markdown"] and "Budget: 2 epochs per method" in md
+    assert "| fine-tune 1% (≤5 steps) |" in md and "at most 5 (a cap below" in md  # a cap is never hidden
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["name"]: r for r in table_rows(state)}
     assert list(rows) == ["autoencoder", "simclr", "random init (mlp)", "raw pixels"]
@@ -82,16 +83,18 @@ def test_bench_end_to_end_resume_and_reuse(tmp_path, monkeypatch):
         selfsup.bench("autoencoder", "digits", out, epochs=3, **FAST)
 
 
-def test_minutes_budget_times_the_first_epoch(tmp_path):
+def test_minutes_budget_times_steps_then_trains_exactly_the_steps_that_fit(tmp_path):
     out = tmp_path / "m"
-    state = selfsup.bench(["autoencoder"], "digits", out, minutes=0.02, layer="pooled", **FAST)
+    state = selfsup.bench(["autoencoder"], "digits", out, minutes=0.02, layer="pooled", finetune=False, **FAST)
     entry = state["methods"]["autoencoder"]
-    assert entry["epochs"] == max(1, math.ceil(0.02 * 60 / entry["first_epoch_s"]))
-    assert epochs_of(out / "autoencoder") == list(range(1, entry["epochs"] + 1))
-    assert torch.load(out / "autoencoder" / "checkpoints" / "last.pt", weights_only=True)["config"]["epochs"] \
-        == entry["epochs"]
+    assert entry["timed_steps"] == 20 and entry["steps"] == max(1, math.floor(0.02 * 60 / entry["step_s"]))
+    ck = torch.load(out / "autoencoder" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == ck["config"]["steps"] == entry["steps"] == entry["steps_done"]  # one schedule, exact
+    assert sorted(p.name for p in out.iterdir()) == ["autoencoder", "bench.json", "bench.md", "bench.png"]
     assert entry["eval"]["layer"] == "pooled"
     assert "0.02 minutes of training per method" in state["markdown"]
+    assert "fine-tune" not in state["markdown"] and "no fine-tuning" in state["markdown"]
+    assert all(r["finetune"] is None for r in entry["eval"]["results"])  # --no-finetune: none ran
 
 
 def test_bad_bench_input_is_one_line_before_any_work(tmp_path, capsys):
@@ -105,3 +108,29 @@ def test_bad_bench_input_is_one_line_before_any_work(tmp_path, capsys):
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and needle in err[0], (args, err)
     assert not (tmp_path / "b").exists()
+
+
+def _results(name, knn, linear, linear_1, finetune):
+    return [dict(features=name, fraction=1.0, knn_tuned=knn, linear=linear, finetune=None),
+            dict(features=name, fraction=0.01, knn_tuned=None, linear=linear_1, finetune=finetune)]
+
+
+def test_chart_sorts_methods_marks_baselines_and_starts_its_axis_near_the_bars(tmp_path):
+    linear = {"a": 0.83, "b": 0.87, "c": 0.85}
+    methods = {n: dict(eval=dict(results=_results(f"{n} (ours)", 0.8, v, 0.6, 0.62)
+                                 + _results("random init", 0.81, 0.86, 0.6, 0.57)
+                                 + _results("raw pixels", 0.80, 0.826, 0.587, None),
+                                 backbone="small_cnn", layer="block1", random_layer="block1", pretrain_epochs=20,
+                                 splits=dict(train=4000, test=1000), test_split="holdout", finetune_epochs=3,
+                                 finetune_min_steps=150), steps_done=300)
+               for n, v in linear.items()}
+    state = dict(protocol=dict(data="x.npz", budget="300 optimizer steps per method", backbone=None, layer="best",
+                               seed=0, finetune_fraction=0.01, finetune_epochs=None, finetune_max_steps=None,
+                               device="cpu", threads=1), methods=methods, order=list(linear), wall_s=1.0)
+    ours, base = chart_rows(state)
+    assert [r["name"] for r in ours] == ["b", "c", "a"]  # by linear accuracy, best first
+    assert [r["name"] for r in base] == ["random init (small_cnn)", "raw pixels"]
+    assert 70 <= _axis_from([83.0, 87.0, 85.0, 86.0, 82.6]) < 82.6  # a little below the lowest bar, not 0
+    md = write_report(state, tmp_path)
+    assert "| fine-tune 1% |" in md and "| b | small_cnn | block1 | 300 | 20 |" in md
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -93,7 +93,7 @@ def test_pretrain_eval_embed_end_to_end(tmp_path):
                 "--batch-size", "8", "--proj-hidden", "32", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert (run / "checkpoints" / "last.pt").is_file()
-    r = selfsup("pretrain", "--out", run, "--epochs", "3", "--resume", "--no-progress")
+    r = selfsup("pretrain", "--out", run, "--epochs", "2", "--resume", "--no-progress")
     assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
     r = selfsup("eval", run, "--fractions", "100%", "--protocols", "knn,linear", "--k", "5", "--no-progress")
     assert r.returncode == 0, r.stderr

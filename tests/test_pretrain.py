@@ -89,9 +89,53 @@ def test_resume_gives_identical_weights(tmp_path, pretrain_until):
     assert [r["epoch"] for r in recs] == [1, 2, 3]
 
 
-def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    c = cfg(tmp_path, method="simclr", epochs=1, knn_every=0)
-    run_dir = pretrain(c, progress=False)
+def test_step_budget_ends_inside_an_epoch_and_resumes_exactly(tmp_path, pretrain_until, capsys):
+    # 1257 digits at batch 128: 9 steps an epoch, so 20 steps are 2 epochs and 2 steps of a third
+    def ae(out):
+        return Config(method="autoencoder", data="digits", out=str(out), device="cpu", backbone="mlp",
+                      batch_size=128, steps=20, knn_every=0)
+
+    full = pretrain(ae(tmp_path / "a"), progress=False)
+    a = load_checkpoint(RunPaths(full).last)
+    saved = Config.load(RunPaths(full).config)
+    assert (saved.steps, saved.epochs, a["step"], a["epoch"]) == (20, 3, 20, 3)
+    recs = [json.loads(line) for line in open(RunPaths(full).metrics)]
+    assert [(r["step"], r.get("epoch_steps")) for r in recs] == [(9, None), (18, None), (20, 2)]
+    assert recs[-1]["lr"] < recs[-2]["lr"] < recs[0]["lr"]  # the cosine decays to the budget's last step
+
+    pretrain_until(ae(tmp_path / "b"), 2)
+    resumed = pretrain(Config(out=str(tmp_path / "b")), resume=True, progress=False)
+    b = load_checkpoint(RunPaths(resumed).last)
+    assert (b["step"], b["epoch"]) == (20, 3)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [json.loads(line) for line in open(RunPaths(resumed).metrics)][-1]["lr"] == recs[-1]["lr"]
+
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in (RunPaths(full).last, RunPaths(full).metrics, RunPaths(full).config)}
+    pretrain(Config(out=str(full)), resume=True, progress=False)  # a finished run: nothing to train
+    assert "finished, nothing to train" in capsys.readouterr().err
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_resume_with_another_epochs_is_refused_before_anything_is_written(tmp_path, capsys):
+    from selfsup.cli import main
+
+    run = tmp_path / "run"
+    pretrain(cfg(tmp_path, method="autoencoder", backbone="mlp", epochs=1, knn_every=0), progress=False)
+    before = {p.name: p.read_bytes() for p in (run / "config.yaml", run / "metrics.jsonl", RunPaths(run).last)}
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "--resume continues" in err[0] and "--out NEW_DIR --epochs 3" in err[0], err
+    assert {p.name: p.read_bytes() for p in (run / "config.yaml", run / "metrics.jsonl", RunPaths(run).last)} == before
+    assert main(["pretrain", "--out", str(run), "--resume", "--epochs", "1", "--no-progress"]) == 0  # its own: fine
+
+
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, pretrain_until):
+    c = cfg(tmp_path, method="simclr", epochs=3, knn_every=0)
+    pretrain_until(c, 1)
+    run_dir = tmp_path / "run"
     last = RunPaths(run_dir).last
     good = last.read_bytes()
 
@@ -105,7 +149,7 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(SimCLR, "forward", poisoned)
     with pytest.raises(TrainingDiverged) as e:
-        pretrain(Config(out=str(run_dir), epochs=3), resume=True, progress=False)
+        pretrain(Config(out=str(run_dir)), resume=True, progress=False)
     msg = str(e.value)
     assert "nan" in msg and "epoch 2" in msg and str(last) in msg and "(epoch 1)" in msg
     assert last.read_bytes() == good

@@ -89,6 +89,28 @@ def test_warmup_then_cosine():
     assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_budget_in_steps_is_exact_and_warmup_is_a_capped_share_of_it():
+    from selfsup.config import Config, resolve, warmup_steps
+
+    def run(n, device="cpu", **kw):
+        c = resolve(Config(method="simclr", **kw), device, n)
+        per = n // c.batch_size
+        return c.steps, c.epochs, per, warmup_steps(c, per)
+
+    # the issue's cases: 600 steps of 400 an epoch, and 1,400 steps of 1,953 (500,000 images at batch 256)
+    assert run(400 * 256, steps=600) == (600, 2, 400, 30)  # not 800 steps, all of them warming up
+    assert run(500_000) == (1400, 1, 1953, 70)  # not one 1,953-step epoch
+    assert run(60_000, "cuda") == (23400, 200, 117, 1170)  # SimCLR's 10 warm-up epochs of 200
+    assert run(60_000, "cuda", steps=100_000)[3] == 1170  # a long run: capped at 10 epochs
+    assert run(60_000, epochs=3)[:2] == (702, 3)  # --epochs: whole epochs, as before
+    assert run(60_000, warmup=0.0)[3] == 0  # MoCo v2's recipe: no warm-up
+    c = resolve(Config(method="simclr", steps=1000), "cpu", 60_000)
+    assert resolve(c, "cpu", 60_000) == c  # a saved config resolves to itself (resume keeps its schedule)
+    # config.yaml of a run made before `warmup` existed: warmup_epochs: 2.0, and its warm-up stays 2 epochs
+    old = Config.from_dict(dict(method="simclr", epochs=6, steps=1404, batch_size=256, warmup_epochs=2.0))
+    assert warmup_steps(resolve(old, "cpu", 60_000), 234) == 468
+
+
 def test_checkpoint_is_atomic_and_loads_without_pickled_code(tmp_path):
     path = tmp_path / "ck" / "last.pt"
     save_atomic({"w": torch.arange(3), "epoch": 2, "config": {"a": [1, 2]}}, path)

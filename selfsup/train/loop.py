@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, warmup_steps
 from ..data import Dataset, spec_of
 from ..device import autocast, pick_device, use_bf16
 from ..distributed import mean_over_processes, rank, session, world_size
@@ -52,7 +52,9 @@ def pretrain(cfg: Config, *, resume: bool = False, train: Dataset | None = None,
              on_epoch_end: Callable[[int], None] | None = None) -> Path:
     """Pretrain cfg.method on cfg.data and return the run directory.
 
-    With resume=True the run continues from RUN_DIR/checkpoints/last.pt; cfg.epochs (if set) is the new total.
+    With resume=True the run continues from RUN_DIR/checkpoints/last.pt on its saved schedule (cfg.epochs, if
+    set, must be the run's own: a schedule spans the whole run). The run ends after exactly cfg.steps optimizer
+    steps once resolved, inside its last epoch when the steps end there.
     `train` and `monitor` (bank, queries) may be given directly instead of loaded from cfg.data.
     Under torchrun every process calls this; cfg.batch_size is the global batch (see train/parallel.py).
     """
@@ -91,7 +93,8 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         if lead:
             truncate_epochs(paths.metrics, start_epoch)  # records of epochs after the checkpoint are redone
-            _say(f"resuming {paths.root} at epoch {start_epoch}/{cfg.epochs}")
+            done = ": finished, nothing to train" if start_epoch >= cfg.epochs else ""
+            _say(f"resuming {paths.root} at epoch {start_epoch}/{cfg.epochs} (step {step}/{cfg.steps}){done}")
     forward = torch.compile(model) if cfg.compile else model
     amp = use_bf16(cfg.precision, device)
 
@@ -115,8 +118,8 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
         return dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, step=step,
                     config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name, world_size=world)
 
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    total_steps = min(cfg.steps, cfg.epochs * steps_per_epoch)  # exactly the budget: the last epoch may be partial
+    warmup = warmup_steps(cfg, steps_per_epoch)
     show = lead and (sys.stderr.isatty() if progress is None else progress)
     last_good = start_epoch
     writer = CheckpointWriter()
@@ -130,9 +133,10 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
             gen = torch.Generator(device=device).manual_seed(rank_seed(_seed(cfg.seed, epoch, 1)))
             loss_sum = torch.zeros((), device=device)
             log_sums: dict[str, torch.Tensor] = {}  # the method's logs, summed on the device (no sync per step)
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+            steps_now = min(steps_per_epoch, total_steps - step)  # fewer in a partial last epoch
+            bar = tqdm(total=steps_now, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                        file=sys.stderr, dynamic_ncols=True)
-            for i in range(steps_per_epoch):
+            for i in range(steps_now):
                 x = data[perm[i * bs:(i + 1) * bs]]
                 lr = lr_at(step, total_steps, warmup, cfg.lr)
                 for g in optimizer.param_groups:
@@ -151,7 +155,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
                 for k, v in logs.items():
                     log_sums[k] = log_sums.get(k, 0.0) + v.detach().float()
                 step += 1
-                if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_per_epoch:
+                if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps_now:
                     # NaN/inf stick in the sum, so checking it is enough; every process sees the same mean
                     mean_loss = mean_over_processes(loss_sum).item() / (i + 1)
                     if not math.isfinite(mean_loss):
@@ -160,11 +164,13 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
                 bar.update(1)
             bar.close()
             seconds = time.perf_counter() - t0
-            loss = mean_over_processes(loss_sum).item() / steps_per_epoch
+            loss = mean_over_processes(loss_sum).item() / steps_now
             record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss, lr=lr, seconds=round(seconds, 3),
-                          images_per_s=round(steps_per_epoch * bs * world / seconds, 1))
+                          images_per_s=round(steps_now * bs * world / seconds, 1))
+            if steps_now < steps_per_epoch:
+                record["epoch_steps"] = steps_now  # the partial last epoch of a step budget
             if log_sums:
-                record["logs"] = {k: float(mean_over_processes(v)) / steps_per_epoch for k, v in log_sums.items()}
+                record["logs"] = {k: float(mean_over_processes(v)) / steps_now for k, v in log_sums.items()}
             if world > 1:  # every process holds rank 0's weights, or the run stops here
                 sync_buffers(method)
                 record.update(processes=world, weights_sha256=check_identical(method))

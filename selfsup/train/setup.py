@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, folder_options, resolve, validate
+from ..config import WARMUP_MAX_EPOCHS, Config, folder_options, resolve, validate, warmup_steps
 from ..data import Dataset, load_data
 from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_tokenizer, save_tokenizer
 from ..distributed import world_size
@@ -74,9 +74,10 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         saved = Config.load(paths.config)
         lock = RunLock(paths.root).acquire()
         try:
-            cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
             ckpt = load_checkpoint(paths.last)
             check_resume_world(ckpt)
+            check_resume_epochs(saved, cfg.epochs, paths.root)
+            cfg = dataclasses.replace(saved, out=str(paths.root))
             full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels,
                                                              folder=folder_options(cfg))
             index = None if train is not None else load_holdout(paths, len(full))
@@ -134,13 +135,44 @@ def check_resume_world(ckpt: dict) -> None:
                            f"and embed)")
 
 
+def check_resume_epochs(saved: Config, epochs: int | None, root: Path) -> None:
+    """A one-line error, before anything is written, when --resume is given another --epochs than the run's.
+
+    The run's total steps define its learning-rate (and EMA momentum) schedules; rebuilding them over a new
+    total would make the learning rate jump at the resumed step, so a run is only ever continued as configured.
+    """
+    if epochs is None or epochs == saved.epochs:
+        return
+    raise SelfSupError(f"--resume continues {root} on its own schedule ({saved.steps} steps = {saved.epochs} epochs, "
+                       f"its learning rate decaying to the end of them); --epochs {epochs} would rebuild that "
+                       f"schedule mid-run. Drop --epochs to finish the run, or train longer deliberately as a new "
+                       f"run: --out NEW_DIR --epochs {epochs}")
+
+
+def _budget(c: Config, per_epoch: int) -> str:
+    """"1404 steps = 6 epochs x 234", or with a partial last epoch "1400 steps = 5 epochs x 234 + 230"."""
+    whole, rest = divmod(c.steps, per_epoch) if per_epoch else (c.epochs, 0)
+    return f"{c.steps} steps = {whole} epochs x {per_epoch}" + (f" + {rest}" if rest else "")
+
+
+def _warmup(c: Config, per_epoch: int) -> str:
+    """The warm-up in steps, and the rule that gave it."""
+    n = warmup_steps(c, per_epoch)
+    if c.warmup_epochs is not None:
+        rule = f"{c.warmup_epochs:g} epochs"
+    else:
+        rule = f"{c.warmup:.0%} of the steps" + (f", capped at {WARMUP_MAX_EPOCHS} epochs"
+                                                  if n < round(c.warmup * c.steps) else "")
+    return f"warmup {n} step{'' if n == 1 else 's'} ({rule})"
+
+
 def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: str, monitor_note: str) -> None:
     """Print the resolved recipe once, at the start, so what runs is never a guess."""
     c = run.cfg
     settings = ", ".join(f"{k}={v}" for k, v in c.method_args.items()) or "none"
     lines = [f"recipe: {c.method} on {c.data}: {len(run.train)} samples ({spec_text}); test data: {run.split_note}",
-             f"  {c.backbone}, batch {c.batch_size}, {c.steps} steps = {c.epochs} epochs x {steps_per_epoch}, "
-             f"{c.optimizer} lr {c.lr:.4g} wd {c.weight_decay:g}, warmup {c.warmup_epochs:g} epochs, seed {c.seed}",
+             f"  {c.backbone}, batch {c.batch_size}, {_budget(c, steps_per_epoch)}, "
+             f"{c.optimizer} lr {c.lr:.4g} wd {c.weight_decay:g}, {_warmup(c, steps_per_epoch)}, seed {c.seed}",
              f"  {c.method} settings: {settings}{'; ' + method_note if method_note else ''}",
              f"  kNN monitor: {monitor_note}; run directory {run.paths.root}"]
     print("\n".join(lines), file=sys.stderr, flush=True)
