@@ -21,18 +21,25 @@ class BarlowTwins(Method):
     aliases = ("barlow", "barlowtwins", "barlow-twins")
     paper = "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction (ICML)"
     sync_bn = True  # the reference converts every BatchNorm to SyncBatchNorm
-    # solo-learn's CIFAR recipe (scripts/pretrain/cifar/barlow.yaml: LARS, lr 0.3 per 256, wd 1e-4); the paper's
-    # ImageNet one is LARS 0.2 per 256 for the weights, wd 1.5e-6, batches of 2048 (sec. 2).
-    optimizers = {"lars": OptimDefaults(lr=0.3, weight_decay=1e-4)}
+    optimizers = {"lars": OptimDefaults(lr=0.3, weight_decay=1e-4, source="solo-learn's CIFAR recipe "
+                                        "(scripts/pretrain/cifar/barlow.yaml): LARS, lr 0.3 per 256, wd 1e-4 (the "
+                                        "paper: LARS, lr 0.2 per 256 for the weights, wd 1.5e-6, batches of 2048, "
+                                        "Zbontar et al. 2021, sec. 2)")}
 
     @dataclass
     class Hparams:
-        proj_hidden: int = setting(2048, "projector hidden width (solo-learn cifar/barlow.yaml; the paper's "
-                                         "ImageNet projector is 8192)")
-        proj_dim: int = setting(2048, "projector output width, the size of the cross-correlation matrix "
-                                      "(solo-learn cifar/barlow.yaml; the paper's is 8192)")
-        lambd: float = setting(0.0051, "weight of the off-diagonal terms (paper sec. 2 and appendix: 0.0051)")
-        scale_loss: float = setting(0.1, "factor on the whole loss (solo-learn cifar/barlow.yaml scale_loss)")
+        proj_hidden: int = setting(2048, "projector hidden width",
+                                   source="solo-learn's CIFAR recipe (cifar/barlow.yaml proj_hidden_dim 2048; the "
+                                          "paper: 8192 on ImageNet, Zbontar et al. 2021, sec. 2)")
+        proj_dim: int = setting(2048, "projector output width, the size of the cross-correlation matrix",
+                                source="solo-learn's CIFAR recipe (cifar/barlow.yaml proj_output_dim 2048; the "
+                                       "paper: 8192 on ImageNet, Zbontar et al. 2021, sec. 2)")
+        lambd: float = setting(0.0051, "weight of the off-diagonal terms",
+                               source="Zbontar et al. 2021, sec. 2 and the reference code (--lambd 0.0051), also "
+                                      "solo-learn's CIFAR default (lightly uses 5e-3)")
+        scale_loss: float = setting(0.1, "factor on the whole loss",
+                                    source="solo-learn's CIFAR recipe (cifar/barlow.yaml scale_loss 0.1; the paper "
+                                           "has no such factor, i.e. 1)")
 
         def __post_init__(self):
             if min(self.proj_hidden, self.proj_dim) < 1 or self.lambd < 0 or self.scale_loss <= 0:

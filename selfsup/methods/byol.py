@@ -26,18 +26,28 @@ class BYOL(Method):
     paper = "Grill et al. 2020, Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning (NeurIPS)"
     # BatchNorm over the global batch in both networks, as the reference's cross-replica BN (sec. 3.3, app. C).
     sync_bn = True
-    # solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml: LARS, lr 1.0 per 256, wd 1e-5); the paper's
-    # ImageNet one is LARS 0.2 per 256, wd 1.5e-6 (sec. 3.3), for batches of 4096.
-    optimizers = {"lars": OptimDefaults(lr=1.0, weight_decay=1e-5)}
+    optimizers = {"lars": OptimDefaults(lr=1.0, weight_decay=1e-5, source="solo-learn's CIFAR recipe "
+                                        "(scripts/pretrain/cifar/byol.yaml): LARS, lr 1.0 per 256, wd 1e-5 (the "
+                                        "paper: LARS, lr 0.2 per 256, wd 1.5e-6, batches of 4096, Grill et al. "
+                                        "2020, sec. 3.3)")}
 
     @dataclass
     class Hparams:
-        proj_hidden: int = setting(4096, "projector hidden width (paper sec. 3.3: 4096)")
-        proj_dim: int = setting(256, "projector and predictor output width (paper sec. 3.3: 256)")
-        pred_hidden: int = setting(4096, "predictor hidden width (paper sec. 3.3: 4096)")
+        proj_hidden: int = setting(4096, "projector hidden width",
+                                   source="Grill et al. 2020, sec. 3.3: a hidden layer of 4096 (also solo-learn's "
+                                          "CIFAR recipe, cifar/byol.yaml proj_hidden_dim)")
+        proj_dim: int = setting(256, "projector and predictor output width",
+                                source="Grill et al. 2020, sec. 3.3: an output of 256 (also solo-learn's CIFAR "
+                                       "recipe, cifar/byol.yaml proj_output_dim)")
+        pred_hidden: int = setting(4096, "predictor hidden width",
+                                   source="Grill et al. 2020, sec. 3.3: the predictor has the projector's "
+                                          "architecture (also solo-learn's CIFAR recipe, cifar/byol.yaml "
+                                          "pred_hidden_dim)")
         momentum: float = setting(0.99, "target EMA momentum at the first step, raised to 1 by the last step of the "
-                                        "run on a cosine (paper sec. 3.2 uses 0.996 with batches of 4096; 0.99 is "
-                                        "solo-learn's CIFAR value, cifar/byol.yaml base_tau)")
+                                        "run on a cosine",
+                                  source="solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml): base_tau "
+                                         "0.99, final_tau 1.0 (the paper: 0.996 with batches of 4096, Grill et "
+                                         "al. 2020, sec. 3.3)")
 
         def __post_init__(self):
             if min(self.proj_hidden, self.proj_dim, self.pred_hidden) < 1 or not 0 <= self.momentum <= 1:

@@ -20,14 +20,19 @@ class SimSiam(Method):
     name = "simsiam"
     paper = "Chen & He 2021, Exploring Simple Siamese Representation Learning (CVPR)"
     sync_bn = True  # the reference trains with SyncBatchNorm
-    # The paper's CIFAR-10 recipe (appendix D): SGD, lr 0.03 per 256, weight decay 5e-4, momentum 0.9.
-    optimizers = {"sgd": OptimDefaults(lr=0.03, weight_decay=5e-4)}
+    optimizers = {"sgd": OptimDefaults(lr=0.03, weight_decay=5e-4, source="Chen & He 2021, appendix D (CIFAR-10): "
+                                       "SGD, lr 0.03 per 256, weight decay 5e-4, momentum 0.9 (solo-learn's CIFAR "
+                                       "recipe: lr 0.5, wd 1e-5)")}
 
     @dataclass
     class Hparams:
-        proj_hidden: int = setting(2048, "projector hidden width (paper sec. 3: 2048)")
-        proj_dim: int = setting(2048, "projector output width (paper sec. 3: 2048)")
-        pred_hidden: int = setting(512, "predictor bottleneck width (paper sec. 3: 512)")
+        proj_hidden: int = setting(2048, "projector hidden width",
+                                   source="Chen & He 2021, sec. 3 ('Baseline settings'): hidden fc 2048-d")
+        proj_dim: int = setting(2048, "projector output width",
+                                source="Chen & He 2021, sec. 3 ('Baseline settings'): z and p are d = 2048")
+        pred_hidden: int = setting(512, "predictor bottleneck width",
+                                   source="Chen & He 2021, sec. 3 ('Baseline settings'): the predictor's hidden layer "
+                                          "is 512-d")
 
         def __post_init__(self):
             if min(self.proj_hidden, self.proj_dim, self.pred_hidden) < 1:

@@ -21,18 +21,27 @@ class VICReg(Method):
     paper = ("Bardes, Ponce & LeCun 2022, VICReg: Variance-Invariance-Covariance Regularization for "
              "Self-Supervised Learning (ICLR)")
     sync_bn = True  # the reference converts every BatchNorm to SyncBatchNorm
-    # solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml: LARS, lr 0.3 per 256, wd 1e-4); the paper's
-    # ImageNet one is LARS, base lr 0.2 per 256, wd 1e-6 (sec. 4.1 and appendix).
-    optimizers = {"lars": OptimDefaults(lr=0.3, weight_decay=1e-4)}
+    optimizers = {"lars": OptimDefaults(lr=0.3, weight_decay=1e-4, source="solo-learn's CIFAR recipe "
+                                        "(scripts/pretrain/cifar/vicreg.yaml): LARS, lr 0.3 per 256, wd 1e-4 (the "
+                                        "paper: LARS, base lr 0.2 per 256, wd 1e-6, Bardes et al. 2022, sec. 4.1)")}
 
     @dataclass
     class Hparams:
-        proj_hidden: int = setting(2048, "expander hidden width (solo-learn cifar/vicreg.yaml; the paper's "
-                                         "ImageNet expander is 8192)")
-        proj_dim: int = setting(2048, "expander output width (solo-learn cifar/vicreg.yaml; the paper's is 8192)")
-        sim_coeff: float = setting(25.0, "lambda, weight of the invariance term (paper sec. 4.1: 25)")
-        std_coeff: float = setting(25.0, "mu, weight of the variance term (paper sec. 4.1: 25)")
-        cov_coeff: float = setting(1.0, "nu, weight of the covariance term (paper sec. 4.1: 1)")
+        proj_hidden: int = setting(2048, "expander hidden width",
+                                   source="solo-learn's CIFAR recipe (cifar/vicreg.yaml proj_hidden_dim 2048; the "
+                                          "paper: 8192 on ImageNet, Bardes et al. 2022, sec. 4.1)")
+        proj_dim: int = setting(2048, "expander output width",
+                                source="solo-learn's CIFAR recipe (cifar/vicreg.yaml proj_output_dim 2048; the "
+                                       "paper: 8192 on ImageNet, Bardes et al. 2022, sec. 4.1)")
+        sim_coeff: float = setting(25.0, "lambda, weight of the invariance term",
+                                   source="Bardes et al. 2022, sec. 4.1: lambda = 25 (also solo-learn's CIFAR "
+                                          "recipe, sim_loss_weight)")
+        std_coeff: float = setting(25.0, "mu, weight of the variance term",
+                                   source="Bardes et al. 2022, sec. 4.1: mu = 25 (also solo-learn's CIFAR recipe, "
+                                          "var_loss_weight)")
+        cov_coeff: float = setting(1.0, "nu, weight of the covariance term",
+                                   source="Bardes et al. 2022, sec. 4.1: nu = 1 (also solo-learn's CIFAR recipe, "
+                                          "cov_loss_weight)")
 
         def __post_init__(self):
             if min(self.proj_hidden, self.proj_dim) < 1 or min(self.sim_coeff, self.std_coeff, self.cov_coeff) < 0:
