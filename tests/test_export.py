@@ -168,3 +168,18 @@ def test_bad_export_arguments_exit_2_and_write_nothing(runs, tmp_path, capsys):
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
+
+
+def test_missing_onnx_package_is_a_one_line_error(runs, tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    assert main(["export", str(runs["simclr"][0]), "--out", str(tmp_path / "o"), "--format", "onnx"]) == 2
+    assert "pip install 'selfsup[onnx]'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_tied_tensors_are_saved_once_and_restored():
+    from selfsup.export import backbone_tensors
+    net = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    net[1].weight = net[0].weight  # tied input/output embedding
+    tensors, tied = backbone_tensors(net)
+    assert set(tensors) == {"0.weight"} and tied == {"1.weight": "0.weight"}
