@@ -224,7 +224,10 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
         raise SelfSupError(f"--batch-size must be an integer >= 1, got {batch_size}")
     if out.suffix not in (".npy", ".npz"):
         raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
-    run = load_run(run_dir)
+    from .export import is_export
+    from .load import export_as_run
+
+    run = export_as_run(run_dir) if is_export(Path(run_dir)) else load_run(run_dir)  # an export folder, or a run
     encoder = run.encoder.at_layer(_embed_layer(Path(run_dir), layer))
     dev = pick_device(device)
     folder = run_folder_options(run, _same_source(data, run.config.data), image_size=image_size,

@@ -163,7 +163,7 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     """The parser; `pretrain` carries the flags of `method`'s settings."""
     p = Parser(prog="selfsup", description="Self-supervised pretraining and honest evaluation.", epilog=MAIN_JOB)
     _add_common(p)
-    sub = p.add_subparsers(dest="command", metavar="{pretrain,eval,embed,bench,methods}")
+    sub = p.add_subparsers(dest="command", metavar="{pretrain,eval,embed,export,bench,methods}")
     pt = sub.add_parser("pretrain", help="pretrain an encoder with a pretext task",
                         description="Pretrain an encoder; writes RUN_DIR/config.yaml, metrics.jsonl, checkpoints/, plots/.")
     _add_pretrain_args(pt, method)
@@ -189,13 +189,21 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     em.add_argument("--layer", default="pooled", help="backbone layer: pooled (default), a named one, or best: the "
                                                       "one 'selfsup eval --layer best' chose for this run")
     _add_folder_args(em)
+    ex = sub.add_parser("export", help="write a run's encoder alone (safetensors, config.json, model card[, ONNX])",
+                        description="The encoder without heads or optimizer, loadable by selfsup.load, torchvision "
+                                    "(ResNets) and onnxruntime; nothing is written on error.")
+    ex.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
+    ex.add_argument("--out", required=True, help="output folder: new, empty, or an earlier export (replaced)")
+    ex.add_argument("--format", default="safetensors", help="comma-separated: safetensors (always written), onnx "
+                                                            "(needs pip install 'selfsup[onnx]')")
+    ex.add_argument("--layer", default="pooled", help="the layer whose features the export gives (default pooled)")
     from .bench_cli import add_bench_parser
 
     bn = add_bench_parser(sub)
     me = sub.add_parser("methods", help="list the methods with their papers, data, settings and defaults",
                         description="Every registered method; with NAME, each of its settings explained.")
     me.add_argument("name", nargs="?", help="one method to explain in full")
-    for s in (pt, ev, em, bn, me):
+    for s in (pt, ev, em, ex, bn, me):
         _add_common(s)
     return p
 
@@ -299,6 +307,10 @@ def _run(argv: list[str] | None) -> int:
     elif args.command == "embed":
         api.embed(args.run_dir, args.data, args.out, split=args.split, labels=args.labels, device=args.device,
                   batch_size=args.batch_size, layer=args.layer, **_folder_kwargs(args))
+    elif args.command == "export":
+        from .export import export
+
+        print(export(args.run_dir, args.out, args.format, args.layer))
     elif args.command == "bench":
         from .bench_cli import run_bench
 
