@@ -1,8 +1,10 @@
 """Choosing the layer to probe (`--layer best`) on a validation split carved from the training labels.
 
-The rule is the one that tunes k and the L2 penalty (evaluate/tuning.py): a seeded, class-balanced 20% of the
-labelled training data validates, the rest fits, and the test split never decides. It takes only training
-data: there is no argument a test split could come in by.
+The rule is the one that tunes k and the L2 penalty (evaluate/tuning.py), and it runs per label fraction on
+that fraction's own labelled subset (evaluate/report.py): a seeded, class-balanced 20% of the subset validates,
+the rest fits, and the test split never decides; a 1% row's layer is chosen with its 1% of labels, not more.
+Above SELECT_SAMPLES labels a seeded class-balanced part of the subset is used (the 100% row), for time. It
+takes only training data: there is no argument a test split could come in by.
 """
 from __future__ import annotations
 
@@ -11,11 +13,10 @@ import torch
 from ..device import autocast
 from ..errors import SelfSupError
 from .knn import knn_predict_many
-from .linear import fit_linear
 from .subsets import class_balanced_subset
-from .tuning import KNN_KS, L2_GRID, _first_best, validation_split
+from .tuning import KNN_KS, _first_best, search_l2, validation_split
 
-SELECT_SAMPLES = 10_000  # the layer is chosen on at most this many labelled training samples (seconds on a CPU)
+SELECT_SAMPLES = 10_000  # the layer is chosen on at most this many of a subset's labelled samples (seconds on a CPU)
 CRITERIA = ("linear", "knn")
 
 
@@ -39,12 +40,10 @@ def extract_layers(encoder, x: torch.Tensor, device, batch_size: int = 512) -> d
 
 
 def _linear_score(f: torch.Tensor, y: torch.Tensor, fit: torch.Tensor, val: torch.Tensor, num_classes: int) -> float:
-    """Best validation accuracy over the L2 grid (warm-started, strongest penalty first)."""
-    clf, best = None, 0.0
-    for penalty in L2_GRID:
-        clf = fit_linear(f[fit], y[fit], num_classes, penalty, init=clf)
-        best = max(best, clf.accuracy(f[val], y[val]))
-    return best
+    """Best validation accuracy over the L2 grid, extended past a winning edge (tuning.search_l2, the search
+    that tunes the probe itself)."""
+    search = search_l2(f[fit], y[fit], f[val], y[val], num_classes)
+    return search["scores"][search["l2"]]
 
 
 def _knn_score(f: torch.Tensor, y: torch.Tensor, fit: torch.Tensor, val: torch.Tensor, num_classes: int) -> float:
