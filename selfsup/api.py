@@ -225,8 +225,9 @@ def _layer_line(result: dict) -> str:
             c = r.get("layer_choice")
             if c:
                 scores = ", ".join(f"{n} {100 * v:.1f}" for n, v in c["scores"].items())
-                parts.append(f"{r['features']} at {100 * r['fraction']:g}%: {r['layer']} ({scores}; "
-                             f"{c['validation']} of {c['samples']})")
+                why = f"{scores}; {c['validation']} of {c['samples']}" if scores else \
+                    "too few labels a class to validate: the default"
+                parts.append(f"{r['features']} at {100 * r['fraction']:g}%: {r['layer']} ({why})")
         by = result["layer_choice"]["by"]
         return (f"\nLayer (best): chosen for each label fraction and encoder as the layer whose {by} probe "
                 f"validated best on that fraction's own labelled subset (at most {SELECT_SAMPLES:,} of it; its "

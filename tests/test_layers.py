@@ -95,6 +95,9 @@ def test_choose_layer_finds_the_informative_layer_on_validation(digits):
     assert abs(choice["samples"] - 600) <= 10 and abs(choice["validation"] - 0.2 * choice["samples"]) <= 10
     knn = choose_layer(Encoder(Planted(), spec), train.x, train.labels, 10, "cpu", by="knn", max_samples=600)
     assert knn["layer"] == "signal"
+    one_each = torch.stack([(train.labels == c).nonzero()[0, 0] for c in range(10)])  # nothing to validate on
+    none = choose_layer(Encoder(Planted(), spec), train.x[one_each], train.labels[one_each], 10, "cpu")
+    assert none["layer"] == "pooled" and none["scores"] == {} and none["validation"] == 0
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,8 @@ def choose_layer(encoder, train_x: torch.Tensor, train_y: torch.Tensor, num_clas
     A seeded class-balanced subset of at most `max_samples` of (train_x, train_y) is split 80/20 (fit /
     validation, :func:`tuning.validation_split`); each layer scores its best validation accuracy over the
     probe's own grid (L2 for `by="linear"`, k for `by="knn"`). Ties go to the deeper layer, "pooled" first, so
-    a layer must validate strictly better to replace the default.
+    a layer must validate strictly better to replace the default. With a class of fewer than 2 labelled
+    samples there is no validation split: the default layer ("pooled"), with no scores.
 
     Returns {"layer": name, "by": by, "scores": {layer: validation accuracy}, "samples": n, "validation": m}.
     """
@@ -70,9 +71,8 @@ def choose_layer(encoder, train_x: torch.Tensor, train_y: torch.Tensor, num_clas
     sub = class_balanced_subset(train_y.cpu(), min(1.0, max_samples / max(1, n)), seed)
     y = train_y.cpu()[sub].to(device)
     split = validation_split(y, seed)
-    if split is None:
-        raise SelfSupError("too few labels to choose a layer on validation (a class has fewer than 2 samples); "
-                           "name one with --layer")
+    if split is None:  # nothing to validate on (as k and L2 then keep their defaults): the default layer
+        return dict(layer=encoder.layers()[-1], by=by, scores={}, samples=int(len(sub)), validation=0)
     fit, val = split
     feats = extract_layers(encoder, train_x[sub.to(train_x.device)], device)
     score = _linear_score if by == "linear" else _knn_score
