@@ -119,7 +119,8 @@ def test_best_layer_is_chosen_per_fraction_on_its_own_labelled_subset(ae_run, mo
         return choose_layer(enc, train_x, train_y, *args, **kwargs)
 
     monkeypatch.setattr(report, "choose_layer", spy)
-    result = api.evaluate(ae_run, fractions=(0.1, 1.0), protocols=("knn",), layer="best", progress=False)
+    result = api.evaluate(ae_run, fractions=(0.1, 1.0), protocols=("knn",), layer="best", layer_by="knn",
+                          progress=False)
     train = load_data("digits", "train")
     subsets = [class_balanced_subset(train.labels, f) for f in (0.1, 1.0)]
     # ours and the random-init baseline, each choosing its own layer at each fraction, from exactly that
