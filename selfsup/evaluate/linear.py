@@ -56,12 +56,13 @@ def restandardised(clf: LinearClassifier, mean: torch.Tensor, std: torch.Tensor)
 
 @torch.enable_grad()
 def _lbfgs(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float,
-           max_iter: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
-    """L-BFGS on mean CE + l2/2 ||W||^2 from (w, b) in x's dtype until the objective stops improving or
-    max_iter iterations: (w, b, the largest gradient component at the end, iterations)."""
+           max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """L-BFGS on mean CE + l2/2 ||W||^2 from (w, b) in x's dtype until the largest gradient component is at
+    most tol, the objective stops improving, or max_iter iterations: (w, b, the largest gradient component at
+    the end, iterations)."""
     w, b = w.to(x.dtype).clone().requires_grad_(True), b.to(x.dtype).clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, max_eval=max_iter * 2, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+                            tolerance_grad=tol, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -81,11 +82,11 @@ def fit_linear(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int, l
 
     train_f: (N, D) features, train_y: (N,) labels. Standardised with train_f's own mean and std. `init`
     warm-starts from another probe's function (a neighbouring l2 of a grid, or the validated fit before the
-    refit on the whole subset), re-expressed in these statistics. Iterates until the objective stops
-    improving (or `max_iter` iterations), then checks the gradient there: ``converged`` when its largest
-    component is at most `tol`, with ``iterations``; a convex problem has one optimum, and an unconverged fit
-    is not it. Float32 first; where float32 loss differences vanish before `tol` is reached (a stall, seen
-    at 1.1e-4 on 600 Fashion-MNIST images), the remaining iterations continue in float64 from that point.
+    refit on the whole subset), re-expressed in these statistics. Iterates until the largest gradient
+    component is at most `tol` (``converged``), or the objective stops improving, or `max_iter` iterations,
+    and records which, with ``iterations``: a convex problem has one optimum, and an unconverged fit is not
+    it. Float32 first; where float32 loss differences vanish before `tol` is reached (a stall, seen at 1.1e-4
+    on 600 Fashion-MNIST images), the remaining iterations continue in float64 from that point.
     """
     mean, std = standardiser(train_f)
     x = (train_f.float() - mean) / std
@@ -94,9 +95,9 @@ def fit_linear(train_f: torch.Tensor, train_y: torch.Tensor, num_classes: int, l
         w, b = torch.zeros(num_classes, x.shape[1], device=x.device), torch.zeros(num_classes, device=x.device)
     else:
         w, b = restandardised(init, mean, std)
-    w, b, grad, done = _lbfgs(x, y, w, b, l2, max_iter)
+    w, b, grad, done = _lbfgs(x, y, w, b, l2, max_iter, tol)
     if grad > tol and done < max_iter and x.device.type != "mps":  # stalled in float32 (MPS has no float64)
-        w, b, grad, more = _lbfgs(x.double(), y, w, b, l2, max_iter - done)
+        w, b, grad, more = _lbfgs(x.double(), y, w, b, l2, max_iter - done, tol)
         done += more
     return LinearClassifier(mean, std, w.float(), b.float(), converged=grad <= tol, iterations=done)
 
