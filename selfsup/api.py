@@ -17,9 +17,9 @@ from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
-from .evaluate.layers import choose_layer
-from .evaluate.report import FINETUNE_STARTS, PROTOCOLS
-from .evaluate.tuning import KNN_KS, L2_GRID
+from .evaluate.report import FINETUNE_STARTS, PROTOCOLS, RANDOM_ROW
+from .evaluate.layers import SELECT_SAMPLES
+from .evaluate.tuning import KNN_KS, L2_GRID, MAX_EXTEND
 from .evaluate.subsets import complement, eval_splits
 from .rundir import RunPaths, load_holdout, load_run
 from .train.loop import pretrain
@@ -100,18 +100,27 @@ def augment_for(spec: DataSpec):
     return finetune_views(spec.shape[1:]) if spec.kind == "image" else None
 
 
-def _at_layers(run, train: Dataset, num_classes: int, dev, layer: str, by: str, seed: int, baselines: bool) -> tuple:
-    """(encoder, random-init factory, note) at `layer`; "best": each chosen on validation data carved from
-    the training split (evaluate/layers.py), the random-init baseline its own best, as carefully tuned."""
+def _at_layers(run, layer: str, by: str, seed: int) -> tuple:
+    """(encoder, random-init factory, layer_by) for `layer`: a named layer for both; "best": the encoders as
+    they are, with evaluate_encoder choosing each one's layer per label fraction by `by` on that fraction's
+    own validation split (evaluate/layers.py), the random-init baseline its own, as carefully tuned."""
     if layer != "best":
         encoder = run.encoder.at_layer(layer)  # a one-line error for a layer the backbone lacks
-        return encoder, lambda: run.random_encoder(seed + 1).at_layer(layer), dict(layer=layer)
-    ours = choose_layer(run.encoder.to(dev), train.x, train.labels, num_classes, dev, by=by, seed=seed)
-    rand_enc = run.random_encoder(seed + 1).to(dev)
-    rand = choose_layer(rand_enc, train.x, train.labels, num_classes, dev, by=by, seed=seed) if baselines \
-        else dict(layer="pooled")
-    return (run.encoder.at_layer(ours["layer"]), lambda: rand_enc.at_layer(rand["layer"]),
-            dict(layer=ours["layer"], layer_choice=ours, random_layer=rand["layer"], random_layer_choice=rand))
+        return encoder, lambda: run.random_encoder(seed + 1).at_layer(layer), None
+    return run.encoder, lambda: run.random_encoder(seed + 1), by
+
+
+def _layer_summary(result: dict, name: str, layer: str, layer_by: str | None) -> dict:
+    """The run-level layer keys: with `layer_by`, the choice at the largest label fraction evaluated (what
+    `embed --layer best` uses), each row holding its own; else the named layer for both encoders."""
+    if layer_by is None:
+        return dict(layer=layer)
+    top = max(r["fraction"] for r in result["results"])
+    pick = {r["features"]: dict(r["layer_choice"], fraction=top) for r in result["results"]
+            if r["fraction"] == top and "layer_choice" in r}
+    ours, rand = pick[name], pick.get(RANDOM_ROW, dict(layer="pooled"))
+    return dict(layer=ours["layer"], layer_choice=ours, random_layer=rand["layer"], random_layer_choice=rand,
+                layer_per_fraction=True)
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None = None,
@@ -126,8 +135,12 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     linear probe's L2 penalty is tuned; both on a validation split carved from each labelled subset (the same
     rule for every row). Fine-tuning trains for `finetune_epochs` (hardware default), at least the hardware's
     floor of steps on small subsets, at most `finetune_max_steps` if given, at `finetune_fractions` (default:
-    every fraction). `layer`: the backbone layer probed ("pooled", the default, is its output; "best" is chosen
-    by `layer_by` probe on a validation split of the training split, once, and used for every fraction).
+    every fraction). `layer`: the backbone layer probed ("pooled", the default, is its output; "best": chosen
+    for each label fraction and encoder by the `layer_by` probe on that fraction's own validation split, the
+    one k and L2 are tuned on, so a 1% row's layer is chosen with 1% of the labels; each row records its
+    layer, and the run-level "layer" / "layer_choice" are the largest fraction's). The linear probe's refit
+    warm-starts from the validated solution and records whether it converged. The random-init encoder's
+    BatchNorm statistics are re-estimated on training images before its frozen evaluation.
     """
     _check_eval_args(fractions, protocols, k, temperature, finetune_epochs, finetune_max_steps)
     run = load_run(run_dir)
@@ -145,15 +158,16 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     budget = eval_defaults(dev)
     finetune_epochs = finetune_epochs or budget["finetune_epochs"]
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    encoder, make_random, layer_note = _at_layers(run, train, num_classes, dev, layer, layer_by, seed, baselines)
+    encoder, make_random, by = _at_layers(run, layer, layer_by, seed)
+    name = f"{run.config.method} (ours)"
     result = evaluate_encoder(
         encoder, make_random, train.x, train.labels, test.x, test.labels, num_classes,
-        dev, kind=run.spec.kind, name=f"{run.config.method} (ours)", fractions=fractions, protocols=protocols,
+        dev, kind=run.spec.kind, name=name, fractions=fractions, protocols=protocols,
         baselines=baselines, k=k, temperature=temperature, finetune_epochs=finetune_epochs,
         finetune_max_steps=finetune_max_steps, finetune_min_steps=budget["finetune_min_steps"],
         augment=augment_for(run.spec), seed=seed, progress=progress is not False, raw=(train.raw, test.raw),
-        finetune_fractions=finetune_fractions)
-    result.update(**layer_note)
+        finetune_fractions=finetune_fractions, layer_by=by)
+    result.update(**_layer_summary(result, name, layer, by))
     result.update(run_dir=str(run_dir), method=run.config.method, backbone=run.config.backbone,
                   pretrain_epochs=run.epoch, data=src, test_split=split_note, device=str(dev),
                   finetune_epochs=finetune_epochs, finetune_min_steps=budget["finetune_min_steps"],
@@ -179,30 +193,52 @@ def _markdown_report(result: dict) -> str:
             f"train {result['splits']['train']}, test {result['splits']['test']} ({result['test_split']}); "
             f"device {result['device']}.\nkNN: cosine, T={result['temperature']}; k=200 is the literature's fixed "
             f"protocol (capped at the smallest class); tuned k from {result['knn_ks']} and the linear probe's L2 "
-            f"from {result['l2_grid']} are chosen on {result['validation']}, the same rule for every row. "
+            f"from {result['l2_grid']} (extended a decade at a time, at most {MAX_EXTEND}, past an edge that wins) "
+            f"are chosen on {result['validation']}, the same rule for every row. "
             f"Fine-tuning: {result['finetune_epochs']} epochs, at least {result['finetune_min_steps']} steps{cap}; "
             f"{_starts(result['finetune_start'])}, "
             + ("each the start that validated better for it." if all(v.get("validated", True) for v in
                                                                      result["finetune_start"].values())
                else "common settings, not validated on this data."))
-    head += _layer_line(result)
+    head += _probe_line(result) + _layer_line(result)
     return head + "\n\n" + format_markdown(result)
+
+
+def _probe_line(result: dict) -> str:
+    """The report's note on the linear probes' refits: each starts from its validated solution; converged?"""
+    fits = [r for r in result["results"] if r.get("linear_converged") is not None]
+    if not fits:
+        return ""
+    stuck = [f"{r['features']} at {100 * r['fraction']:g}%" for r in fits if not r["linear_converged"]]
+    most = max(r["linear_iterations"] for r in fits)
+    state = f"NOT converged for {', '.join(stuck)}" if stuck else "all converged"
+    return (f"\nLinear probe: each refit on the whole labelled subset starts from the probe that validated at the "
+            f"chosen L2 and runs L-BFGS to convergence (largest gradient component <= 1e-4): {state} "
+            f"(at most {most} iterations).")
 
 
 def _layer_line(result: dict) -> str:
     """The report's note on the layer probed; nothing for the default (the table reads as it always did)."""
-    if "layer_choice" in result:
-        c, r = result["layer_choice"], result["random_layer_choice"]
-        scores = ", ".join(f"{n} {100 * v:.1f}" for n, v in c["scores"].items())
-        rand = f" (random init: {result['random_layer']})" if "scores" in r else ""
-        return (f"\nLayer: {result['layer']}{rand}, each the layer whose {c['by']} "
-                f"probe validated best on {c['validation']} of {c['samples']} training samples (a seeded, "
-                f"class-balanced 20% split; never the test split); validation accuracy by layer: {scores}.")
+    if result.get("layer_per_fraction"):
+        parts = []
+        for r in result["results"]:
+            c = r.get("layer_choice")
+            if c:
+                scores = ", ".join(f"{n} {100 * v:.1f}" for n, v in c["scores"].items())
+                why = f"{scores}; {c['validation']} of {c['samples']}" if scores else \
+                    "too few labels a class to validate: the default"
+                parts.append(f"{r['features']} at {100 * r['fraction']:g}%: {r['layer']} ({why})")
+        by = result["layer_choice"]["by"]
+        return (f"\nLayer (best): chosen for each label fraction and encoder as the layer whose {by} probe "
+                f"validated best on that fraction's own labelled subset (at most {SELECT_SAMPLES:,} of it; its "
+                f"seeded, class-balanced 20% validates; never the test split); validation accuracy by layer: "
+                + "; ".join(parts) + ".")
     return "" if result.get("layer", "pooled") == "pooled" else f"\nLayer: {result['layer']} (both encoders)."
 
 
 def _embed_layer(run_dir: Path, layer: str) -> str:
-    """`layer`, or for "best" the layer `selfsup eval --layer best` chose for this run (read from eval.json)."""
+    """`layer`, or for "best" the layer `selfsup eval --layer best` chose for this run at the largest label
+    fraction it evaluated (100% by default; read from eval.json)."""
     if layer != "best":
         return layer
     saved = run_dir / "eval.json"

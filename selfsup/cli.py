@@ -142,7 +142,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
     g.add_argument("--layer", default="pooled", help="backbone layer to probe: pooled (default, the backbone's "
                    "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2), or best: the one "
-                   "whose probe validates best on a split of the training labels (never the test split)")
+                   "whose probe validates best, per label fraction, on a split of that fraction's labels (never the "
+                   "test split)")
     g.add_argument("--layer-by", choices=("linear", "knn"), default="linear",
                    help="probe that chooses --layer best (default linear)")
 
@@ -187,7 +188,8 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     em.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if present)")
     em.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass (default 1024)")
     em.add_argument("--layer", default="pooled", help="backbone layer: pooled (default), a named one, or best: the "
-                                                      "one 'selfsup eval --layer best' chose for this run")
+                                                      "one 'selfsup eval --layer best' chose for this run at "
+                                                      "its largest label fraction (100%% by default)")
     _add_folder_args(em)
     ex = sub.add_parser("export", help="write a run's encoder alone (safetensors, config.json, model card[, ONNX])",
                         description="The encoder without heads or optimizer, loadable by selfsup.load, torchvision "

@@ -156,3 +156,87 @@ def test_zero_epochs_saves_the_untrained_model(tmp_path, capsys):
     with pytest.raises(SelfSupError, match="no such run directory"):
         evaluate(tmp_path / "other")
     assert main(["embed", str(run), "--data", "digits", "--out", str(tmp_path / "f.npy")]) == 0
+
+
+class Marked(torch.nn.Module):
+    """A backbone whose every layer carries the input's first pixel, untouched, as its first feature: a test
+    image (first pixel 1, a value no digits image has) is recognisable in any feature tensor, exactly."""
+
+    layer_names = ("noise", "signal")
+    feature_dim = 9
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def forward(self, x):
+        return self.forward_layers(x)["pooled"]
+
+    def forward_layers(self, x):
+        flat = x.flatten(1)
+        noise = torch.randn(x.shape[0], 8, generator=torch.Generator().manual_seed(self.seed))
+        return {"noise": torch.cat([flat[:, :1], noise], 1), "signal": flat,
+                "pooled": torch.cat([flat[:, :1], noise + flat[:, 1:9]], 1)}
+
+
+def test_no_test_sample_reaches_any_fit_predict_or_score_while_choosing(digits, monkeypatch):
+    """Exact, not probabilistic: every tensor that reaches a fit, predict or score call (or the random-init
+    BatchNorm re-estimation) while a layer, k or L2 is being chosen is checked, row by row, for test samples."""
+    from selfsup.data import image_spec
+    from selfsup.evaluate import layers, report, tuning
+    from selfsup.evaluate.linear import LinearClassifier
+    from selfsup.models import Encoder
+
+    torch.set_num_threads(1)  # many small L-BFGS steps: a second thread only waits on a shared CPU
+    train, test = (d.subset(torch.arange(n)) for d, n in zip(digits, (600, 200)))
+    test_x = test.x.clone()
+    test_x[:, 0, 0, 0] = 1  # the mark
+    assert not (train.x[:, 0, 0, 0] == 1).any()
+    spec = image_spec(train.x.shape[1:], [0.5], [0.25])
+    ours = Encoder(Marked(0), spec)
+    marks = [float(ours.prepare(test_x[:1]).flatten()[0]), float(test_x[:1].float().flatten()[0] / 255)]
+
+    def has_test(t) -> bool:
+        if isinstance(t, (list, tuple)):
+            return any(has_test(v) for v in t)
+        if not torch.is_tensor(t) or t.dim() < 2:
+            return False  # labels and scalars carry no sample
+        if t.dtype == torch.uint8:
+            return bool((t.reshape(t.shape[0], -1)[:, 0] == 1).any())
+        first = t.reshape(t.shape[0], -1)[:, 0].float()
+        return any(bool((first == m).any()) for m in marks)
+
+    depth, calls = [0], []
+
+    def spy(name, real, chooser=False):
+        def wrapped(*args, **kwargs):
+            tainted = any(has_test(a) for a in (*args, *kwargs.values()))
+            calls.append((name, depth[0] > 0 or chooser, tainted))
+            depth[0] += chooser
+            try:
+                return real(*args, **kwargs)
+            finally:
+                depth[0] -= chooser
+        return wrapped
+
+    for module, attr in [(tuning, "fit_linear"), (tuning, "knn_predict_many"), (layers, "knn_predict_many"),
+                         (layers, "extract_layers")]:
+        monkeypatch.setattr(module, attr, spy(attr, getattr(module, attr)))
+    monkeypatch.setattr(LinearClassifier, "accuracy", spy("accuracy", LinearClassifier.accuracy))
+    for module, attr in [(tuning, "choose_k"), (tuning, "choose_l2"), (report, "choose_layer"),
+                         (report, "reestimate_batchnorm")]:
+        monkeypatch.setattr(module, attr, spy(attr, getattr(module, attr), chooser=True))
+
+    result = report.evaluate_encoder(ours, lambda: Encoder(Marked(1), spec), train.x, train.labels, test_x,
+                                     test.labels, 10, "cpu", fractions=(0.1, 1.0), protocols=("knn", "linear"),
+                                     progress=False, layer_by="knn")  # (by "linear": the same search_l2 as L2)
+    choosing = [(name, tainted) for name, inside, tainted in calls if inside]
+    leaks = [name for name, tainted in choosing if tainted]
+    assert not leaks, f"test samples reached {sorted(set(leaks))} while choosing"
+    # the spy saw every kind of call while choosing, and it does see test samples where they belong: the
+    # final accuracies, after every choice
+    assert {n for n, _ in choosing} >= {"fit_linear", "accuracy", "knn_predict_many", "extract_layers",
+                                        "choose_k", "choose_l2", "choose_layer", "reestimate_batchnorm"}
+    assert {n for n, inside, tainted in calls if tainted and not inside} == {"knn_predict_many", "accuracy"}
+    rows = {(r["features"], r["fraction"]): r for r in result["results"]}
+    assert rows[("selfsup", 1.0)]["layer"] == "signal" and rows[("raw pixels", 1.0)]["linear"] > 0.85

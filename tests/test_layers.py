@@ -95,6 +95,9 @@ def test_choose_layer_finds_the_informative_layer_on_validation(digits):
     assert abs(choice["samples"] - 600) <= 10 and abs(choice["validation"] - 0.2 * choice["samples"]) <= 10
     knn = choose_layer(Encoder(Planted(), spec), train.x, train.labels, 10, "cpu", by="knn", max_samples=600)
     assert knn["layer"] == "signal"
+    one_each = torch.stack([(train.labels == c).nonzero()[0, 0] for c in range(10)])  # nothing to validate on
+    none = choose_layer(Encoder(Planted(), spec), train.x[one_each], train.labels[one_each], 10, "cpu")
+    assert none["layer"] == "pooled" and none["scores"] == {} and none["validation"] == 0
 
 
 @pytest.fixture(scope="module")
@@ -105,23 +108,41 @@ def ae_run(tmp_path_factory):
                     progress=False)
 
 
-def test_best_layer_is_chosen_from_the_training_split_only(ae_run, monkeypatch):
+def test_best_layer_is_chosen_per_fraction_on_its_own_labelled_subset(ae_run, monkeypatch):
+    from selfsup.evaluate import report
+    from selfsup.evaluate.subsets import class_balanced_subset
+
     seen = []
 
     def spy(enc, train_x, train_y, *args, **kwargs):
         seen.append((train_x, train_y))
         return choose_layer(enc, train_x, train_y, *args, **kwargs)
 
-    monkeypatch.setattr(api, "choose_layer", spy)
-    result = api.evaluate(ae_run, fractions=(1.0,), protocols=("knn",), layer="best", progress=False)
-    train, test = load_data("digits", "train"), load_data("digits", "test")
-    assert len(seen) == 2  # ours and the random-init baseline, each choosing its own
-    for x, y in seen:  # exactly the training split: the test split never reaches the selection
-        assert torch.equal(x, train.x) and torch.equal(y.cpu(), train.labels)
-    assert result["layer"] == result["layer_choice"]["layer"] in ("hidden1", "hidden2", "pooled")
-    assert set(result["layer_choice"]["scores"]) == {"hidden1", "hidden2", "pooled"}
+    monkeypatch.setattr(report, "choose_layer", spy)
+    result = api.evaluate(ae_run, fractions=(0.1, 1.0), protocols=("knn",), layer="best", layer_by="knn",
+                          progress=False)
+    train = load_data("digits", "train")
+    subsets = [class_balanced_subset(train.labels, f) for f in (0.1, 1.0)]
+    # ours and the random-init baseline, each choosing its own layer at each fraction, from exactly that
+    # fraction's labelled subset: the 10% row's layer is chosen with its 126 labels, not 1,257
+    assert len(seen) == 4
+    for (x, y), idx in zip(seen, [subsets[0], subsets[1], subsets[0], subsets[1]]):
+        assert torch.equal(x, train.x[idx]) and torch.equal(y.cpu(), train.labels[idx])
+    rows = {(r["features"], r["fraction"]): r for r in result["results"]}
+    for (name, f), r in rows.items():
+        if name == "raw pixels":
+            assert "layer" not in r
+            continue
+        c = r["layer_choice"]
+        assert r["layer"] == c["layer"] in ("hidden1", "hidden2", "pooled")
+        assert set(c["scores"]) == {"hidden1", "hidden2", "pooled"} and c["samples"] == r["labels"]
+    assert result["layer"] == rows[("autoencoder (ours)", 1.0)]["layer"]  # the run-level choice: 100%'s
+    assert result["random_layer"] == rows[("random init", 1.0)]["layer"]
     saved = json.loads((ae_run / "eval.json").read_text())
-    assert saved["layer"] == result["layer"] and "validation accuracy by layer" in (ae_run / "eval.md").read_text()
+    assert saved["layer"] == result["layer"] and saved["layer_choice"]["fraction"] == 1.0
+    md = (ae_run / "eval.md").read_text()
+    assert "validation accuracy by layer" in md and "autoencoder (ours) at 10%:" in md
+    assert f"| autoencoder (ours) @ {rows[('autoencoder (ours)', 0.1)]['layer']} | 10% (" in md
 
 
 def test_layer_through_eval_and_embed_cli(ae_run, tmp_path, capsys):

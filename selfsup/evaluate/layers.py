@@ -1,8 +1,10 @@
 """Choosing the layer to probe (`--layer best`) on a validation split carved from the training labels.
 
-The rule is the one that tunes k and the L2 penalty (evaluate/tuning.py): a seeded, class-balanced 20% of the
-labelled training data validates, the rest fits, and the test split never decides. It takes only training
-data: there is no argument a test split could come in by.
+The rule is the one that tunes k and the L2 penalty (evaluate/tuning.py), and it runs per label fraction on
+that fraction's own labelled subset (evaluate/report.py): a seeded, class-balanced 20% of the subset validates,
+the rest fits, and the test split never decides; a 1% row's layer is chosen with its 1% of labels, not more.
+Above SELECT_SAMPLES labels a seeded class-balanced part of the subset is used (the 100% row), for time. It
+takes only training data: there is no argument a test split could come in by.
 """
 from __future__ import annotations
 
@@ -11,11 +13,10 @@ import torch
 from ..device import autocast
 from ..errors import SelfSupError
 from .knn import knn_predict_many
-from .linear import fit_linear
 from .subsets import class_balanced_subset
-from .tuning import KNN_KS, L2_GRID, _first_best, validation_split
+from .tuning import KNN_KS, _first_best, search_l2, validation_split
 
-SELECT_SAMPLES = 10_000  # the layer is chosen on at most this many labelled training samples (seconds on a CPU)
+SELECT_SAMPLES = 10_000  # the layer is chosen on at most this many of a subset's labelled samples (seconds on a CPU)
 CRITERIA = ("linear", "knn")
 
 
@@ -39,12 +40,10 @@ def extract_layers(encoder, x: torch.Tensor, device, batch_size: int = 512) -> d
 
 
 def _linear_score(f: torch.Tensor, y: torch.Tensor, fit: torch.Tensor, val: torch.Tensor, num_classes: int) -> float:
-    """Best validation accuracy over the L2 grid (warm-started, strongest penalty first)."""
-    clf, best = None, 0.0
-    for penalty in L2_GRID:
-        clf = fit_linear(f[fit], y[fit], num_classes, penalty, init=clf)
-        best = max(best, clf.accuracy(f[val], y[val]))
-    return best
+    """Best validation accuracy over the L2 grid, extended past a winning edge (tuning.search_l2, the search
+    that tunes the probe itself)."""
+    search = search_l2(f[fit], y[fit], f[val], y[val], num_classes)
+    return search["scores"][search["l2"]]
 
 
 def _knn_score(f: torch.Tensor, y: torch.Tensor, fit: torch.Tensor, val: torch.Tensor, num_classes: int) -> float:
@@ -60,7 +59,8 @@ def choose_layer(encoder, train_x: torch.Tensor, train_y: torch.Tensor, num_clas
     A seeded class-balanced subset of at most `max_samples` of (train_x, train_y) is split 80/20 (fit /
     validation, :func:`tuning.validation_split`); each layer scores its best validation accuracy over the
     probe's own grid (L2 for `by="linear"`, k for `by="knn"`). Ties go to the deeper layer, "pooled" first, so
-    a layer must validate strictly better to replace the default.
+    a layer must validate strictly better to replace the default. With a class of fewer than 2 labelled
+    samples there is no validation split: the default layer ("pooled"), with no scores.
 
     Returns {"layer": name, "by": by, "scores": {layer: validation accuracy}, "samples": n, "validation": m}.
     """
@@ -71,9 +71,8 @@ def choose_layer(encoder, train_x: torch.Tensor, train_y: torch.Tensor, num_clas
     sub = class_balanced_subset(train_y.cpu(), min(1.0, max_samples / max(1, n)), seed)
     y = train_y.cpu()[sub].to(device)
     split = validation_split(y, seed)
-    if split is None:
-        raise SelfSupError("too few labels to choose a layer on validation (a class has fewer than 2 samples); "
-                           "name one with --layer")
+    if split is None:  # nothing to validate on (as k and L2 then keep their defaults): the default layer
+        return dict(layer=encoder.layers()[-1], by=by, scores={}, samples=int(len(sub)), validation=0)
     fit, val = split
     feats = extract_layers(encoder, train_x[sub.to(train_x.device)], device)
     score = _linear_score if by == "linear" else _knn_score
