@@ -57,6 +57,14 @@ def _values(results: list[dict], name: str, ff: float) -> dict:
     return out
 
 
+def _layer(results: list[dict], name: str, fallback: str) -> str:
+    """The layer of a row at 100% of the labels, and the 1% row's when that fraction chose another one."""
+    full, low = _row(results, name, 1.0), _row(results, name, 0.01)
+    top = (full or {}).get("layer", fallback)
+    other = (low or {}).get("layer", top)
+    return top if other == top else f"{top} (1%: {other})"
+
+
 def table_rows(state: dict) -> list[dict]:
     """The table's rows: each evaluated method, then one random-init row per backbone (one per distinct
     result where methods' encoders differ, e.g. a 1-channel input), then the raw pixels."""
@@ -68,11 +76,13 @@ def table_rows(state: dict) -> list[dict]:
         if ev is None:
             continue
         res = ev["results"]
-        rows.append(dict(name=name, backbone=ev["backbone"], layer=ev.get("layer", "pooled"),
+        rows.append(dict(name=name, backbone=ev["backbone"],
+                         layer=_layer(res, f"{name} (ours)", ev.get("layer", "pooled")),
                          epochs=ev["pretrain_epochs"], steps=entry.get("steps_done"), epoch_s=entry.get("epoch_s"),
                          peak_mib=entry.get("peak_mib"), train_s=entry.get("train_s"),
                          **_values(res, f"{name} (ours)", ff)))
-        rand = dict(name=f"{RANDOM} ({ev['backbone']})", backbone=ev["backbone"], layer=ev.get("random_layer", "pooled"),
+        rand = dict(name=f"{RANDOM} ({ev['backbone']})", backbone=ev["backbone"],
+                    layer=_layer(res, RANDOM, ev.get("random_layer", "pooled")),
                     epochs=0, baseline=True, **_values(res, RANDOM, ff))
         key = (ev["backbone"], rand["layer"], tuple(round(rand[c] or 0, 1) for c in METRICS))
         randoms.setdefault(key, (rand, []))[1].append(name)
@@ -118,8 +128,9 @@ def describe(state: dict) -> str:
     evals = [e["eval"] for e in state["methods"].values() if "eval" in e]
     split = (f"train {evals[0]['splits']['train']}, test {evals[0]['splits']['test']} ({evals[0]['test_split']})"
              if evals else "")
-    layer = ("each encoder at the layer whose linear probe validated best on a seeded, class-balanced 20% split of "
-             "(at most 10,000 of) the training labels, never the test split" if p["layer"] == "best"
+    layer = ("each encoder, at each label fraction, at the layer whose linear probe validated best on a seeded, "
+             "class-balanced 20% split of that fraction's labels (at most 10,000), never the test split"
+             if p["layer"] == "best"
              else f"every encoder at layer {p['layer']}")
     ft = (f"fine-tuning with {p['finetune_fraction']:.0%} of the labels for "
           f"{evals[0]['finetune_epochs'] if evals else p['finetune_epochs']} epochs"
