@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import threading
 from pathlib import Path
@@ -71,15 +72,30 @@ class CheckpointWriter:
             raise error
 
 
+CHECKPOINT_KEYS = ("config", "model", "epoch")  # what every selfsup checkpoint holds, whatever its version
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs."""
     path = Path(path)
     if not path.is_file():
         raise SelfSupError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise SelfSupError(f"checkpoint {path} is empty (0 bytes): the run was stopped while it was written?")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: the file holds arbitrary Python objects
+        raise SelfSupError(f"refused checkpoint {path}: it holds Python objects other than tensors and plain "
+                           "containers, and loading those could run code; selfsup does not load it") from None
     except Exception as e:  # a truncated or foreign file
-        raise SelfSupError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SelfSupError(f"cannot read checkpoint {path}: {msg}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise SelfSupError(f"{path} is not a selfsup checkpoint (it lacks {', '.join(missing)})")
+    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
+        raise SelfSupError(f"{path} is not a selfsup checkpoint (its config or model is not a mapping)")
+    return ckpt
 
 
 def prefixed(state: dict, prefix: str) -> dict:

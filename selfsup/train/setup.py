@@ -16,14 +16,18 @@ from pathlib import Path
 import torch
 
 from ..config import Config, folder_options, resolve, validate
-from ..data import Dataset, load_data
+from ..data import Dataset, load_data, spec_of
 from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_tokenizer, save_tokenizer
 from ..distributed import world_size
 from ..errors import SelfSupError
 from ..evaluate.subsets import complement, holdout_indices
 from ..methods import get_method, parse_hparams
-from ..rundir import RunLock, RunPaths, load_holdout, save_holdout
+from ..rundir import RunLock, RunPaths, build_method, load_holdout, save_holdout
 from .checkpoint import load_checkpoint
+
+
+# Run directories this process opened, newest last: an interrupted command says whether one can be resumed.
+OPENED: list[Path] = []
 
 
 @dataclass
@@ -92,8 +96,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     validate(cfg)
     resolve(cfg, device.type)  # settings, method and optimizer checked before the data is even read
     paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
-    if paths.last.exists():
-        raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another --out")
+    check_new_run_dir(paths)
     if train is not None:
         full, index, data, note = train, None, train, "given by the caller, used whole"
     else:
@@ -107,13 +110,18 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     tokenizer = fit_for(data, cfg.vocab_size, cfg.seq_len)  # text: fitted to the pretraining split only
     data = as_tokens(data, tokenizer)
     method = get_method(cfg.method)  # e.g. colorization refuses grayscale images, before anything is written
+    if data.kind != method.modality:
+        raise SelfSupError(f"method {method.name} learns from {method.modality} data, but {cfg.data} holds "
+                           f"{data.kind} data")
     method.check_data(data, parse_hparams(method.name, method.Hparams, cfg.method_args))
     cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
+    check_buildable(cfg, data)
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SelfSupError(f"cannot create run directory {paths.root}: {e.strerror}") from None
     lock = RunLock(paths.root).acquire()
+    OPENED.append(paths.root)
     if index is not None:
         save_holdout(paths, cfg, len(full), index)
     if tokenizer is not None:
@@ -122,6 +130,35 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         paths.skipped.write_text("".join(p + "\n" for p in full.skipped))
     cfg.save(paths.config)
     return OpenRun(cfg, paths, lock, data, note, None)
+
+
+def check_new_run_dir(paths: RunPaths) -> None:
+    """A new run goes into a new or empty folder, or one holding a run with no checkpoint yet (one interrupted
+    before its first epoch ended); never into a folder of other files, and its name must be one the OS takes."""
+    try:
+        if paths.last.exists():
+            raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another "
+                               "--out")
+        if paths.root.exists() and not paths.root.is_dir():
+            raise SelfSupError(f"--out {paths.root} is a file, not a folder")
+        if paths.root.is_dir() and any(paths.root.iterdir()) and not paths.config.is_file():
+            raise SelfSupError(f"--out {paths.root} is a folder of other files, not a run directory; choose a new "
+                               "or empty folder")
+    except OSError as e:  # e.g. a name over 255 bytes
+        raise SelfSupError(f"--out {paths.root}: {e.strerror}") from None
+
+
+def check_buildable(cfg: Config, data: Dataset) -> None:
+    """Build the method once, before anything is written: a backbone that cannot take this data, or settings
+    too large to allocate, are a one-line error here rather than a traceback after the run directory exists."""
+    try:
+        build_method(cfg, spec_of(data))
+    except (MemoryError, OverflowError, RuntimeError) as e:
+        raise SelfSupError(f"cannot build {cfg.method} with backbone {cfg.backbone} and settings "
+                           f"{cfg.method_args}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (ValueError, TypeError) as e:
+        raise SelfSupError(f"backbone {cfg.backbone} cannot take {cfg.data} ({spec_of(data).describe()}): "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def check_resume_world(ckpt: dict) -> None:
