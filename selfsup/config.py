@@ -211,3 +211,27 @@ def validate(cfg: Config, source: str | None = None) -> None:
         if not good:
             name = f"{source}: {key}" if source else f"--{key.replace('_', '-')}"
             raise SelfSupError(f"{name} must be {what}, got {value!r}")
+
+
+# Flags --resume takes whatever they were: where the run is, its new total, and whether to use the decode cache.
+RESUME_FREE = ("out", "epochs", "cache")
+
+
+def resume_conflicts(saved: Config, given: dict, method_args: dict) -> list[str]:
+    """The flags given with --resume whose values differ from the run's saved (resolved) ones, as --flag names;
+    a flag repeated with its saved value is no conflict, so the same command with --resume appended works."""
+    cls = get_method(saved.method)
+
+    def same(key, value) -> bool:
+        old = getattr(saved, key)
+        if key == "method":
+            return get_method(value).name == cls.name
+        if key == "data" and isinstance(old, str) and os.path.exists(value) and os.path.exists(old):
+            return os.path.samefile(value, old)
+        return value == old
+
+    changed = [k for k, v in given.items() if k not in RESUME_FREE and not same(k, v)]
+    if method_args:
+        hp = hparams_to_dict(parse_hparams(cls.name, cls.Hparams, method_args))
+        changed += [k for k in method_args if hp[k] != saved.method_args.get(k)]
+    return ["--" + k.replace("_", "-") for k in changed]

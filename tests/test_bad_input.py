@@ -8,10 +8,11 @@ import importlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
-import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -104,8 +105,14 @@ def _long_line(t):
 
 
 def _huge_png(t):
+    """A PNG whose header claims 20000 x 20000 RGB (1.1 GiB to decode): refused for its size, not as corrupt."""
     _images(t)
-    Image.new("L", (20000, 20000)).save(t / "imgs" / "a" / "huge.png")
+    p = t / "imgs" / "a" / "huge.png"
+    _png(p)
+    b = bytearray(p.read_bytes())
+    b[16:24] = struct.pack(">II", 20000, 20000)  # IHDR width, height
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    p.write_bytes(bytes(b))
 
 
 def _empty_folder(t):
@@ -149,14 +156,14 @@ ROWS = [
     ("transformer on images", P + ["--backbone", "transformer", "--out", "{t}/r"], None, "transformer"),
     ("fifo in folder", ["pretrain", "--data", "{t}/imgs", "--threads", "1"], _fifo_folder, "not a regular file"),
     ("fifo in folder skip-bad", ["pretrain", "--data", "{t}/imgs", "--skip-bad", "--threads", "1", "--method",
-                                 "mlm"], _fifo_folder, "text"),
+                                 "mlm"], _fifo_folder, "tokens"),
     ("dev zero", P[:2] + ["/dev/zero"] + P[3:], None, "not a regular file"),
     ("csv folder", P[:2] + ["{t}/tab"] + P[3:], _csv_folder, "no documents"),
     ("swapped tsv", ["pretrain", "--method", "mlm", "--data", "{t}/swapped.tsv", "--threads", "1"], _swapped_tsv,
      "label"),
     ("one long line", ["pretrain", "--method", "mlm", "--data", "{t}/long.txt", "--threads", "1"], _long_line,
      "document"),
-    ("huge png", ["pretrain", "--data", "{t}/imgs", "--threads", "1"], _huge_png, "too large"),
+    ("huge png", ["pretrain", "--data", "{t}/imgs", "--threads", "1"], _huge_png, "image too large"),
     ("mlm on empty folder", ["pretrain", "--method", "mlm", "--data", "{t}/empty"], _empty_folder, "text files"),
     ("fractions abc", ["eval", "{t}/RUN", "--fractions", "abc"], None, "--fractions"),
     ("eval image-size negative", ["eval", "{t}/RUN", "--image-size", "-3"], None, "--image-size"),
@@ -196,7 +203,7 @@ ROWS = [
     ("bench unlabelled", ["bench", "--methods", "simclr", "--data", "{t}/flat", "--out", "{t}/b"], _unlabelled,
      "labels"),
     ("bench text method on images", ["bench", "--methods", "mlm", "--data", "digits", "--out", "{t}/b"], None,
-     "text"),
+     "tokens"),
 ]
 
 
@@ -210,7 +217,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys
     shutil.copytree(trained, tmp_path / "RUN")
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # default run directories land here
-    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path.parent / f"{tmp_path.name}-cache"))  # not a run's file
     if setup is not None:
         setup(tmp_path)
     def ran(*a, **k):

@@ -77,6 +77,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         paths = RunPaths(Path(cfg.out))
         saved = Config.load(paths.config)
         lock = RunLock(paths.root).acquire()
+        OPENED.append(paths.root)
         try:
             cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
             ckpt = load_checkpoint(paths.last)
@@ -106,7 +107,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         index = new_holdout(cfg, full)
         data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
     if len(data) < 2:
-        raise SelfSupError(f"{cfg.data} has {len(data)} sample(s) for pretraining; it needs at least 2")
+        raise SelfSupError(too_few_message(cfg, full, data))
     tokenizer = fit_for(data, cfg.vocab_size, cfg.seq_len)  # text: fitted to the pretraining split only
     data = as_tokens(data, tokenizer)
     method = get_method(cfg.method)  # e.g. colorization refuses grayscale images, before anything is written
@@ -130,6 +131,20 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         paths.skipped.write_text("".join(p + "\n" for p in full.skipped))
     cfg.save(paths.config)
     return OpenRun(cfg, paths, lock, data, note, None)
+
+
+def too_few_message(cfg: Config, full: Dataset, data: Dataset) -> str:
+    """Why fewer than 2 samples are left for pretraining: how many the source holds, what the holdout took, and
+    (all labels distinct) a hint that a TSV's columns may be swapped."""
+    unit = "document" if full.kind == "text" else "sample"
+    msg = f"{cfg.data} holds {len(full)} {unit}(s)"
+    if len(data) < len(full):
+        msg += f", {len(data)} left for pretraining after the --holdout {cfg.holdout:g}"
+    if full.kind == "text" and len(full) < 2:
+        msg += " (documents are lines, or paragraphs between blank lines, or entries between lines of %)"
+    if full.labels is not None and len(full) > 2 and len(full.labels.unique()) == len(full):
+        msg += f"; each has its own label ({len(full)} classes: in a TSV, is each row label<TAB>text?)"
+    return msg + "; pretraining needs at least 2"
 
 
 def check_new_run_dir(paths: RunPaths) -> None:
@@ -181,3 +196,13 @@ def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: 
              f"  {c.method} settings: {settings}{'; ' + method_note if method_note else ''}",
              f"  kNN monitor: {monitor_note}; run directory {run.paths.root}"]
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def interrupted_note() -> str:
+    """For Ctrl-C: where the run this process opened can continue from, if it got as far as a checkpoint."""
+    if not OPENED:
+        return ""
+    paths = RunPaths(OPENED[-1])
+    if paths.last.is_file():
+        return f"; the last finished epoch is in {paths.last} (continue with --resume --out {paths.root})"
+    return f" before the first epoch ended: {paths.root} holds no checkpoint to resume (run the command again)"
