@@ -140,7 +140,7 @@ ROWS = [
     ("set temperature inf", P + ["--set", "temperature=.inf"], None, "temperature"),
     ("set temperature nan", P + ["--set", "temperature=.nan"], None, "temperature"),
     ("temperature nan word", P + ["--temperature", "nan"], None, "finite"),
-    ("momentum 2", P + ["--method", "moco", "--momentum", "2"], None, "momentum"),
+    ("momentum 2", P + ["--method", "moco", "--momentum", "2"], None, "momentum must be in [0, 1], got 2"),
     ("image-size huge pretrain", ["pretrain", "--data", "{t}/imgs", "--image-size", HUGE, "--threads", "1"],
      _images, "--image-size"),
     ("vocab huge", ["pretrain", "--method", "mlm", "--data", "{t}/docs.txt", "--vocab-size", HUGE,
@@ -233,5 +233,62 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("selfsup: error:"), err
     assert fragment in lines[0], (fragment, lines[0])
+    print(lines[0])  # the messages, for review: pytest -s
     assert "_fraction_list" not in err and "weights_only" not in err
     assert _files(tmp_path) == before, "bad input wrote files"
+
+
+def test_method_settings_read_exponent_notation_and_refuse_non_finite():
+    from selfsup.methods import get_method
+    from selfsup.methods.hparams import parse_hparams
+
+    cls = get_method("simclr")
+    assert parse_hparams("simclr", cls.Hparams, {"temperature": "1e-1"}).temperature == 0.1
+    assert parse_hparams("simclr", cls.Hparams, {"temperature": "2E0"}).temperature == 2.0
+    for bad in ("nan", "inf", "-.inf", float("nan")):
+        with pytest.raises(Exception, match="finite"):
+            parse_hparams("simclr", cls.Hparams, {"temperature": bad})
+
+
+def _until_train(monkeypatch, exc):
+    def stop(*a, **k):
+        raise exc
+    monkeypatch.setattr(importlib.import_module("selfsup.train.loop"), "_train", stop)
+
+
+class Reached(Exception):
+    pass
+
+
+def test_resume_takes_flags_repeated_with_their_saved_values(tmp_path, monkeypatch, trained):
+    run = tmp_path / "RUN"
+    shutil.copytree(trained, run)
+    _until_train(monkeypatch, Reached)
+    with pytest.raises(Reached):  # the same command with --resume appended gets as far as training
+        main(["pretrain", "--data", "digits", "--epochs", "2", "--batch-size", "64", "--threads", "1",
+              "--method", "simclr", "--seed", "0", "--temperature", "2e-1", "--out", str(run), "--resume"])
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_none(tmp_path, monkeypatch, capsys):
+    _until_train(monkeypatch, KeyboardInterrupt)
+    assert main(P + ["--epochs", "1", "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("selfsup: interrupted before the first epoch ended") and "no checkpoint" in err[-1]
+
+
+def test_ctrl_c_during_training_one_line_exit_130(tmp_path):
+    """A real SIGINT to `python -m selfsup pretrain` after its first epoch: exit 130, one line, no traceback."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfsup", *P, "--epochs", "10000", "--knn-every", "0",
+                             "--out", str(tmp_path / "r")], stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 1/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, "".join(lines) + rest
+    assert "Traceback" not in rest
+    tail = [ln for ln in rest.splitlines() if ln.strip() and not ln.startswith("epoch ")]
+    assert len(tail) == 1 and tail[0].startswith("selfsup: interrupted; the last finished epoch is in"), rest

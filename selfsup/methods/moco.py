@@ -49,8 +49,11 @@ class MoCo(Method):
         def __post_init__(self):
             if self.queue_size is not None and self.queue_size < 1:
                 raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
-            if self.key_bn_splits < 1 or not 0 <= self.momentum <= 1 or self.temperature <= 0:
-                raise ValueError("key_bn_splits must be >= 1, momentum in [0, 1] and temperature > 0")
+            for bad, what in ((self.key_bn_splits < 1, "key_bn_splits must be >= 1"),
+                              (not 0 <= self.momentum <= 1, "momentum must be in [0, 1]"),
+                              (self.temperature <= 0, "temperature must be > 0")):
+                if bad:
+                    raise ValueError(f"{what}, got {getattr(self, what.split()[0])}")
 
     @classmethod
     def fit_to_data(cls, hp, n, batch_size):

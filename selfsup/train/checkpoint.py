@@ -5,6 +5,7 @@ import os
 import pickle
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,7 +84,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if path.stat().st_size == 0:
         raise SelfSupError(f"checkpoint {path} is empty (0 bytes): the run was stopped while it was written?")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol: the one line below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused a global: the file holds arbitrary Python objects
         raise SelfSupError(f"refused checkpoint {path}: it holds Python objects other than tensors and plain "
                            "containers, and loading those could run code; selfsup does not load it") from None
