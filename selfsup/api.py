@@ -49,12 +49,12 @@ def _check_eval_args(fractions, protocols, k: int, temperature: float, finetune_
     problems = [(not protocols, f"--protocols names no protocol; choose from {', '.join(PROTOCOLS)}"),
                 (bad, f"unknown protocol(s) {', '.join(bad)}; choose from {', '.join(PROTOCOLS)}"),
                 (not fractions or any(not 0 < f <= 1 for f in fractions), "--fractions must be in (0, 1]"),
-                (not 1 <= k <= MAX_STEPS, f"--k must be an integer in [1, {MAX_STEPS:,}], got {k}"),
-                (not 0 < temperature < math.inf, f"--temperature-knn must be a finite number > 0, got {temperature}"),
+                (not 1 <= k <= MAX_STEPS, f"--k must be an integer >= 1 and <= {MAX_STEPS:,}, got {k}"),
+                (not 0 < temperature < math.inf, f"--temperature-knn must be > 0 and finite, got {temperature}"),
                 (finetune_epochs is not None and not 1 <= finetune_epochs <= MAX_STEPS,
-                 f"--finetune-epochs must be an integer in [1, {MAX_STEPS:,}]"),
+                 f"--finetune-epochs must be >= 1 and <= {MAX_STEPS:,}"),
                 (finetune_max_steps is not None and not 1 <= finetune_max_steps <= MAX_STEPS,
-                 f"--finetune-max-steps must be an integer in [1, {MAX_STEPS:,}]"),
+                 f"--finetune-max-steps must be >= 1 and <= {MAX_STEPS:,}"),
                 (not 0 <= seed < 2 ** 63, f"--eval-seed must be an integer in [0, 2**63), got {seed}")]
     for failed, message in problems:
         if failed:

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import Config, resume_conflicts
+from .config import RESUME_FREE, Config, resume_conflicts
 from .distributed import launched_rank
 from .errors import SelfSupError
 from .methods import canonical_name, get_method, load_plugin, methods
@@ -223,8 +223,10 @@ def _method_args(a: argparse.Namespace) -> dict:
 def _config_from_args(a: argparse.Namespace) -> Config:
     given = {k: getattr(a, k) for k in CONFIG_FLAGS if getattr(a, k) is not None}
     method_args = _method_args(a)
-    if a.resume and a.out is not None:  # without --out, pretrain says --resume needs it
-        changed = resume_conflicts(Config.load(Path(a.out) / "config.yaml"), given, method_args)
+    if a.resume:  # flags that differ from the saved run (all given ones when there is none to compare with)
+        saved = Path(a.out or ".") / "config.yaml"
+        changed = resume_conflicts(Config.load(saved), given, method_args) if a.out and saved.is_file() else \
+            ["--" + k.replace("_", "-") for k in sorted(set(given) - set(RESUME_FREE)) + sorted(method_args)]
         if changed:
             raise SelfSupError(f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
                                "(or give the saved value)")

@@ -101,7 +101,8 @@ class Config:
             raise SelfSupError(f"{p}: {e}") from None
         except SelfSupError as e:
             raise SelfSupError(f"{p}: {e}") from None
-        validate(cfg, source=str(p))
+        # a run saved with --epochs 0 (the untrained model) records 0 steps, which a user may not ask for
+        validate(dataclasses.replace(cfg, steps=None) if cfg.epochs == 0 else cfg, source=str(p))
         return cfg
 
 
@@ -163,10 +164,10 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 # field -> (test, what it must be): every numeric setting is checked before any work starts
 _CHECKS = {
-    "epochs": (lambda v: 0 <= v <= MAX_STEPS, f"an integer in [0, {MAX_STEPS:,}] (0 saves the untrained model)"),
-    "steps": (lambda v: 1 <= v <= MAX_STEPS, f"an integer in [1, {MAX_STEPS:,}]"),
-    "batch_size": (lambda v: 2 <= v <= MAX_BATCH, f"an integer in [2, {MAX_BATCH:,}]"),
-    "lr": (lambda v: 0 < v <= MAX_LR, f"a number in (0, {MAX_LR:g}]"),
+    "epochs": (lambda v: 0 <= v <= MAX_STEPS, f"an integer >= 0 and <= {MAX_STEPS:,} (0 saves the untrained model)"),
+    "steps": (lambda v: 1 <= v <= MAX_STEPS, f"an integer >= 1 and <= {MAX_STEPS:,}"),
+    "batch_size": (lambda v: 2 <= v <= MAX_BATCH, f"an integer >= 2 and <= {MAX_BATCH:,}"),
+    "lr": (lambda v: 0 < v <= MAX_LR, f"a number > 0 and <= {MAX_LR:g}"),
     "weight_decay": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
     "warmup_epochs": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
     "holdout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
@@ -230,8 +231,8 @@ def resume_conflicts(saved: Config, given: dict, method_args: dict) -> list[str]
             return os.path.samefile(value, old)
         return value == old
 
-    changed = [k for k, v in given.items() if k not in RESUME_FREE and not same(k, v)]
+    changed = sorted(k for k, v in given.items() if k not in RESUME_FREE and not same(k, v))
     if method_args:
         hp = hparams_to_dict(parse_hparams(cls.name, cls.Hparams, method_args))
-        changed += [k for k in method_args if hp[k] != saved.method_args.get(k)]
+        changed += sorted(k for k in method_args if hp[k] != saved.method_args.get(k))
     return ["--" + k.replace("_", "-") for k in changed]

@@ -20,7 +20,7 @@ from .data.types import DataSpec, image_spec
 from .errors import SelfSupError
 from .methods import Method, get_method, parse_hparams
 from .models.encoder import Encoder
-from .train.checkpoint import load_checkpoint, unwrapped
+from .train.checkpoint import load_run_checkpoint, unwrapped
 
 
 @dataclass
@@ -119,7 +119,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         raise SelfSupError(f"no such run directory: {paths.root}")
     if paths.config.exists():
         Config.load(paths.config)  # a broken config.yaml is refused here as --resume refuses it
-    ckpt = load_checkpoint(paths.last)
+    ckpt = load_run_checkpoint(paths.last)
     try:
         cfg = Config.from_dict(ckpt["config"])
         spec = checkpoint_spec(ckpt)

@@ -164,7 +164,7 @@ ROWS = [
     ("one long line", ["pretrain", "--method", "mlm", "--data", "{t}/long.txt", "--threads", "1"], _long_line,
      "document"),
     ("huge png", ["pretrain", "--data", "{t}/imgs", "--threads", "1"], _huge_png, "image too large"),
-    ("mlm on empty folder", ["pretrain", "--method", "mlm", "--data", "{t}/empty"], _empty_folder, "text files"),
+    ("mlm on empty folder", ["pretrain", "--method", "mlm", "--data", "{t}/empty"], _empty_folder, "or text files"),
     ("fractions abc", ["eval", "{t}/RUN", "--fractions", "abc"], None, "--fractions"),
     ("eval image-size negative", ["eval", "{t}/RUN", "--image-size", "-3"], None, "--image-size"),
     ("eval image-size 0", ["eval", "{t}/RUN", "--image-size", "0"], None, "--image-size"),

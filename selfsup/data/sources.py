@@ -88,8 +88,8 @@ def load_data(src: str, split: str = "train", labels: str | None = None,
         if looks_like_text_folder(path):
             return load_text_folder(path) if split == "train" else None
         if not find_images(path):
-            raise SelfSupError(f"no data found in folder {path}: no images ({'/'.join(EXTENSIONS)}) and no text "
-                               f"files ({'/'.join(TEXT_EXTENSIONS)} or no extension)")
+            raise SelfSupError(f"no images ({'/'.join(EXTENSIONS)}) or text files ({'/'.join(TEXT_EXTENSIONS)} or "
+                               f"no extension) found in folder {path}")
         return load_folder(path, folder) if split == "train" else None  # a folder is one split: nothing to decode for "test"
 
     if not os.path.isfile(path):  # /dev/zero, a FIFO, a socket: never ending or blocking reads

@@ -88,11 +88,17 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused a global: the file holds arbitrary Python objects
-        raise SelfSupError(f"refused checkpoint {path}: it holds Python objects other than tensors and plain "
-                           "containers, and loading those could run code; selfsup does not load it") from None
+        raise SelfSupError(f"cannot read checkpoint {path}: it holds Python objects other than tensors and plain "
+                           "containers, and loading those could run code (refused)") from None
     except Exception as e:  # a truncated or foreign file
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SelfSupError(f"cannot read checkpoint {path}: {msg}") from None
+    return ckpt
+
+
+def load_run_checkpoint(path: str | Path) -> dict:
+    """A run's checkpoint (load_checkpoint), checked to hold what every selfsup checkpoint holds."""
+    ckpt = load_checkpoint(path)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise SelfSupError(f"{path} is not a selfsup checkpoint (it lacks {', '.join(missing)})")

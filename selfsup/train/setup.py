@@ -23,7 +23,7 @@ from ..errors import SelfSupError
 from ..evaluate.subsets import complement, holdout_indices
 from ..methods import get_method, parse_hparams
 from ..rundir import RunLock, RunPaths, build_method, load_holdout, save_holdout
-from .checkpoint import load_checkpoint
+from .checkpoint import load_run_checkpoint
 
 
 # Run directories this process opened, newest last: an interrupted command says whether one can be resumed.
@@ -80,7 +80,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         OPENED.append(paths.root)
         try:
             cfg = dataclasses.replace(saved, epochs=cfg.epochs or saved.epochs, out=str(paths.root))
-            ckpt = load_checkpoint(paths.last)
+            ckpt = load_run_checkpoint(paths.last)
             check_resume_world(ckpt)
             full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels,
                                                              folder=folder_options(cfg))
