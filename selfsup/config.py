@@ -101,8 +101,10 @@ class Config:
             raise SelfSupError(f"{p}: {e}") from None
         except SelfSupError as e:
             raise SelfSupError(f"{p}: {e}") from None
-        # a run saved with --epochs 0 (the untrained model) records 0 steps, which a user may not ask for
-        validate(dataclasses.replace(cfg, steps=None) if cfg.epochs == 0 else cfg, source=str(p))
+        # a run saved with --epochs 0 (the untrained model) records 0 steps, which a user may not ask for;
+        # threads are bounded by the cores of the machine that trained it, not of this one
+        checked = dataclasses.replace(cfg, threads=None, steps=None if cfg.epochs == 0 else cfg.steps)
+        validate(checked, source=str(p))
         return cfg
 
 

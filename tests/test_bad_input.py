@@ -6,12 +6,12 @@ stderr is one `selfsup: error:` line naming the problem (the fragment), and no f
 """
 import importlib
 import os
+import pickle
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 
 import numpy as np
@@ -65,10 +65,14 @@ def _ckpt(t, content):
 
 
 def _pickle_ckpt(t):
-    class Evil:
-        pass
-    import pickle
+    """A checkpoint whose unpickling would call a function (os.getcwd here: harmless, but code all the same)."""
     (t / "RUN" / "checkpoints" / "last.pt").write_bytes(pickle.dumps({"x": 1, "evil": os.getcwd}))
+
+
+def _fifo_text(t):
+    (t / "texts").mkdir()
+    (t / "texts" / "a.txt").write_text(TEXT)
+    os.mkfifo(t / "texts" / "b.txt")
 
 
 def _config(t, text):
@@ -157,6 +161,8 @@ ROWS = [
     ("fifo in folder", ["pretrain", "--data", "{t}/imgs", "--threads", "1"], _fifo_folder, "not a regular file"),
     ("fifo in folder skip-bad", ["pretrain", "--data", "{t}/imgs", "--skip-bad", "--threads", "1", "--method",
                                  "mlm"], _fifo_folder, "tokens"),
+    ("fifo in text folder", ["pretrain", "--method", "mlm", "--data", "{t}/texts", "--threads", "1"], _fifo_text,
+     "not a regular file"),
     ("dev zero", P[:2] + ["/dev/zero"] + P[3:], None, "not a regular file"),
     ("csv folder", P[:2] + ["{t}/tab"] + P[3:], _csv_folder, "no documents"),
     ("swapped tsv", ["pretrain", "--method", "mlm", "--data", "{t}/swapped.tsv", "--threads", "1"], _swapped_tsv,
