@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config, folder_options
+from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_STEPS, Config, folder_options
 from .data import Dataset, DataSpec, FolderOptions, load_data
 from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
@@ -36,18 +37,29 @@ def eval_defaults(device: torch.device) -> dict:
     return dict(finetune_epochs=3, finetune_min_steps=150)
 
 
-def _check_eval_args(fractions, protocols, k: int, temperature: float, finetune_epochs, finetune_max_steps) -> None:
+def _check_image_size(image_size: int | None) -> None:
+    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise SelfSupError(f"--image-size must be an integer in [1, {MAX_IMAGE_SIZE}], got {image_size}")
+
+
+def _check_eval_args(fractions, protocols, k: int, temperature: float, finetune_epochs, finetune_max_steps,
+                     seed: int = 0, image_size: int | None = None) -> None:
     """A one-line error for the first evaluation setting out of range, before any data is read."""
     bad = [p for p in protocols if p not in PROTOCOLS]
-    problems = [(bad, f"unknown protocol(s) {', '.join(bad)}; choose from {', '.join(PROTOCOLS)}"),
+    problems = [(not protocols, f"--protocols names no protocol; choose from {', '.join(PROTOCOLS)}"),
+                (bad, f"unknown protocol(s) {', '.join(bad)}; choose from {', '.join(PROTOCOLS)}"),
                 (not fractions or any(not 0 < f <= 1 for f in fractions), "--fractions must be in (0, 1]"),
-                (k < 1, f"--k must be an integer >= 1, got {k}"),
-                (not temperature > 0, f"--temperature-knn must be > 0, got {temperature}"),
-                (finetune_epochs is not None and finetune_epochs < 1, "--finetune-epochs must be >= 1"),
-                (finetune_max_steps is not None and finetune_max_steps < 1, "--finetune-max-steps must be >= 1")]
+                (not 1 <= k <= MAX_STEPS, f"--k must be an integer >= 1 and <= {MAX_STEPS:,}, got {k}"),
+                (not 0 < temperature < math.inf, f"--temperature-knn must be > 0 and finite, got {temperature}"),
+                (finetune_epochs is not None and not 1 <= finetune_epochs <= MAX_STEPS,
+                 f"--finetune-epochs must be >= 1 and <= {MAX_STEPS:,}"),
+                (finetune_max_steps is not None and not 1 <= finetune_max_steps <= MAX_STEPS,
+                 f"--finetune-max-steps must be >= 1 and <= {MAX_STEPS:,}"),
+                (not 0 <= seed < 2 ** 63, f"--eval-seed must be an integer in [0, 2**63), got {seed}")]
     for failed, message in problems:
         if failed:
             raise SelfSupError(message)
+    _check_image_size(image_size)
 
 
 def load_eval_splits(src: str, labels: str | None = None, seed: int = 0, run: RunPaths | None = None,
@@ -142,7 +154,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     warm-starts from the validated solution and records whether it converged. The random-init encoder's
     BatchNorm statistics are re-estimated on training images before its frozen evaluation.
     """
-    _check_eval_args(fractions, protocols, k, temperature, finetune_epochs, finetune_max_steps)
+    _check_eval_args(fractions, protocols, k, temperature, finetune_epochs, finetune_max_steps, seed, image_size)
     run = load_run(run_dir)
     if layer != "best":
         run.encoder.at_layer(layer)  # an unknown layer is refused before any data is read
@@ -236,6 +248,20 @@ def _layer_line(result: dict) -> str:
     return "" if result.get("layer", "pooled") == "pooled" else f"\nLayer: {result['layer']} (both encoders)."
 
 
+def _check_out_file(out: Path) -> None:
+    """embed's --out: a name the OS takes, in a folder that is one (or can be made), not itself a folder."""
+    try:
+        if out.is_dir():
+            raise SelfSupError(f"--out {out} is a folder; give a file name ending in .npy or .npz")
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise SelfSupError(f"--out {out}: {parent} is a file, not a folder")
+        if len(os.fsencode(out.name)) > 255:
+            raise SelfSupError(f"--out {out}: the file name is over 255 bytes")
+    except OSError as e:
+        raise SelfSupError(f"--out {out}: {e.strerror}") from None
+
+
 def _embed_layer(run_dir: Path, layer: str) -> str:
     """`layer`, or for "best" the layer `selfsup eval --layer best` chose for this run at the largest label
     fraction it evaluated (100% by default; read from eval.json)."""
@@ -256,10 +282,12 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
 
     `layer`: the backbone layer ("pooled" by default; "best": the one `evaluate(..., layer="best")` chose)."""
     out = Path(out)
-    if batch_size < 1:
-        raise SelfSupError(f"--batch-size must be an integer >= 1, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise SelfSupError(f"--batch-size must be an integer in [1, {MAX_BATCH:,}], got {batch_size}")
     if out.suffix not in (".npy", ".npz"):
         raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
+    _check_image_size(image_size)
+    _check_out_file(out)
     from .export import is_export
     from .load import export_as_run
 

@@ -31,6 +31,8 @@ from .device import pick_device
 from .errors import SelfSupError
 from .methods import canonical_name, get_method
 from .methods import methods as registered_methods
+from .methods.hparams import nearest
+from .models import BACKBONES
 from .models.backbones import build_backbone
 from .models.layers import POOLED, check_layer
 from .rundir import RunPaths
@@ -102,7 +104,7 @@ class PeakMemory:
 
 def _choose_methods(names, data: str) -> list[str]:
     """The methods asked for (canonical names), or every registered method that learns from the data's kind."""
-    if names:
+    if names is not None:
         names = [names] if isinstance(names, str) else list(names)
         chosen = [canonical_name(n.strip()) for part in names for n in part.split(",") if n.strip()]
         if not chosen:
@@ -110,6 +112,27 @@ def _choose_methods(names, data: str) -> list[str]:
         return list(dict.fromkeys(chosen))
     kind = load_data(data, "train").kind
     return [name for name, cls in registered_methods().items() if cls.modality == kind]
+
+
+def _check_inputs(names: list[str], data: str, backbone: str | None, threads: int | None, seed: int,
+                  device: torch.device) -> None:
+    """Every input error is a one-line error here, before anything runs or is written (a method that fails
+    during its run for a reason of its own is still reported as skipped): the data exists and has labels, each
+    method learns from its kind, and each method's recipe resolves (backbone, threads, seed in range)."""
+    if backbone is not None and backbone not in BACKBONES:
+        raise SelfSupError(f"unknown backbone {backbone!r}{nearest(backbone, BACKBONES)}; choose from "
+                           f"{', '.join(BACKBONES)}")
+    full = load_data(data, "train")
+    if full.labels is None:
+        raise SelfSupError(f"{data} has no labels; the bench evaluates every method with labels (class "
+                           "subfolders, an npz 'labels' array, or label<TAB>text rows)")
+    kind = "tokens" if full.kind == "text" else full.kind  # text reaches a method as token ids
+    for name in names:
+        cls = get_method(name)
+        if cls.modality != kind:
+            raise SelfSupError(f"method {cls.name} learns from {cls.modality} data, but {data} holds {full.kind} "
+                               "data")
+        resolve(Config(method=name, data=data, backbone=backbone, threads=threads, seed=seed), device.type)
 
 
 def _check_layer(names: list[str], data: str, backbone: str | None, layer: str, device: torch.device) -> None:
@@ -215,9 +238,10 @@ def bench(methods: str | list[str] | None = None, data: str = "fashion-mnist", o
     if not 0 < finetune_fraction <= 1:
         raise SelfSupError(f"--finetune-fraction must be in (0, 1], got {finetune_fraction}")
     dev = pick_device(device)
+    names = _choose_methods(methods, data)
+    _check_inputs(names, data, backbone, threads, seed, dev)
     if threads:  # for the evaluations too, also when every pretraining is reused
         torch.set_num_threads(threads)
-    names = _choose_methods(methods, data)
     _check_layer(names, data, backbone, layer, dev)
     out = Path(out)
     try:

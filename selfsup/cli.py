@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
-from .config import Config
+from .config import RESUME_FREE, Config, resume_conflicts
 from .distributed import launched_rank
 from .errors import SelfSupError
 from .methods import canonical_name, get_method, load_plugin, methods
@@ -29,7 +30,10 @@ def _fraction_list(text: str) -> tuple[float, ...]:
     vals = []
     for part in text.split(","):
         part = part.strip()
-        v = float(part[:-1]) / 100 if part.endswith("%") else float(part)
+        try:
+            v = float(part[:-1]) / 100 if part.endswith("%") else float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"label fraction {part!r} is not a number like 0.1 or 10%") from None
         if not 0 < v <= 1:
             raise argparse.ArgumentTypeError(f"label fraction {part} is not in (0, 1] (or (0%, 100%])")
         vals.append(v)
@@ -232,11 +236,13 @@ def _method_args(a: argparse.Namespace) -> dict:
 def _config_from_args(a: argparse.Namespace) -> Config:
     given = {k: getattr(a, k) for k in CONFIG_FLAGS if getattr(a, k) is not None}
     method_args = _method_args(a)
-    if a.resume:
-        changed = sorted(set(given) - {"out", "epochs", "cache"}) + sorted(method_args)
+    if a.resume:  # flags that differ from the saved run (all given ones when there is none to compare with)
+        saved = Path(a.out or ".") / "config.yaml"
+        changed = resume_conflicts(Config.load(saved), given, method_args) if a.out and saved.is_file() else \
+            ["--" + k.replace("_", "-") for k in sorted(set(given) - set(RESUME_FREE)) + sorted(method_args)]
         if changed:
-            raise SelfSupError(f"--resume continues a run with its saved settings; drop "
-                               f"{', '.join('--' + c.replace('_', '-') for c in changed)}")
+            raise SelfSupError(f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
+                               "(or give the saved value)")
     return Config(**given, method_args=method_args)
 
 
@@ -330,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("selfsup: interrupted; the last finished epoch is in checkpoints/last.pt (continue with --resume)",
-              file=sys.stderr)
+        from .train.setup import interrupted_note
+
+        print(f"selfsup: interrupted{interrupted_note()}", file=sys.stderr)
         return 130
+

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,10 +94,27 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
+        """A run's config.yaml, checked: valid YAML, a mapping of known keys, every value in range."""
         p = Path(path)
         if not p.is_file():
             raise SelfSupError(f"no config.yaml in run directory {p.parent}")
-        return cls.from_dict(yaml.safe_load(p.read_text()) or {})
+        try:
+            d = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise SelfSupError(f"{p} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise SelfSupError(f"{p} must hold a mapping of settings, found {type(d).__name__}")
+        try:
+            cfg = cls.from_dict(d)
+        except TypeError as e:  # e.g. method_args that is not a mapping
+            raise SelfSupError(f"{p}: {e}") from None
+        except SelfSupError as e:
+            raise SelfSupError(f"{p}: {e}") from None
+        # a run saved with --epochs 0 (the untrained model) records 0 steps, which a user may not ask for;
+        # threads are bounded by the cores of the machine that trained it, not of this one
+        checked = dataclasses.replace(cfg, threads=None, steps=None if cfg.epochs == 0 else cfg.steps)
+        validate(checked, source=str(p))
+        return cfg
 
 
 def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
@@ -123,6 +141,9 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
         raise SelfSupError(f"{cls.name} has no default learning rate for --optimizer {optimizer} (it has defaults "
                            f"for {', '.join(cls.optimizers)}); pass --lr")
     batch_size = cfg.batch_size or hw["batch_size"]
+    if n is not None and cfg.batch_size is not None and cfg.batch_size > n:
+        raise SelfSupError(f"--batch-size {cfg.batch_size} is more than the {n} samples pretraining sees; "
+                           f"choose at most {n}")
     if n is not None and cfg.batch_size is None:
         while batch_size > 16 and n // batch_size < MIN_STEPS_PER_EPOCH:
             batch_size //= 2
@@ -145,24 +166,35 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
         method_args=hparams_to_dict(hp))
 
 
+# Upper bounds: far beyond any sensible run, low enough that a typo is refused instead of failing in an
+# allocator, overflowing, or training at a learning rate of 1e9 (the batch is also capped by the data size).
+MAX_BATCH = 2 ** 20
+MAX_STEPS = 10 ** 9
+MAX_LR = 100.0  # LARS at batch 16,384 is 0.3 x 64 = 19.2
+MAX_VOCAB = 2 ** 20
+MAX_SEQ_LEN = 8192
+MAX_IMAGE_SIZE = 4096
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
 # field -> (test, what it must be): every numeric setting is checked before any work starts
 _CHECKS = {
-    "epochs": (lambda v: v >= 0, "an integer >= 0 (0 saves the untrained model)"),
-    "steps": (lambda v: v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: v >= 2, "an integer >= 2"),
-    "lr": (lambda v: v > 0 and math.isfinite(v), "a number > 0"),
+    "epochs": (lambda v: 0 <= v <= MAX_STEPS, f"an integer >= 0 and <= {MAX_STEPS:,} (0 saves the untrained model)"),
+    "steps": (lambda v: 1 <= v <= MAX_STEPS, f"an integer >= 1 and <= {MAX_STEPS:,}"),
+    "batch_size": (lambda v: 2 <= v <= MAX_BATCH, f"an integer >= 2 and <= {MAX_BATCH:,}"),
+    "lr": (lambda v: 0 < v <= MAX_LR, f"a number > 0 and <= {MAX_LR:g}"),
     "weight_decay": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
     "warmup_epochs": (lambda v: v >= 0 and math.isfinite(v), "a number >= 0"),
     "warmup": (lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1)"),
     "holdout": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-    "vocab_size": (lambda v: v > 5, "an integer > 5 (the 5 special tokens and at least one more)"),
-    "seq_len": (lambda v: v >= 3, "an integer >= 3 ([CLS] text [SEP])"),
-    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "vocab_size": (lambda v: 5 < v <= MAX_VOCAB,
+                   f"an integer in [6, {MAX_VOCAB:,}] (the 5 special tokens and at least one more)"),
+    "seq_len": (lambda v: 3 <= v <= MAX_SEQ_LEN, f"an integer in [3, {MAX_SEQ_LEN:,}] ([CLS] text [SEP])"),
+    "seed": (lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"),
     "knn_every": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
     "save_every": (lambda v: v >= 0, "an integer >= 0 (0: only last)"),
-    "threads": (lambda v: v >= 1, "an integer >= 1"),
+    "threads": (lambda v: 1 <= v <= MAX_THREADS, f"an integer in [1, {MAX_THREADS}] (4 per CPU core)"),
     "precision": (lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
-    "image_size": (lambda v: v >= 1, "an integer >= 1"),
+    "image_size": (lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"an integer in [1, {MAX_IMAGE_SIZE}]"),
     "background": (lambda v: _colour(v), "a colour name, #rrggbb or R,G,B"),
 }
 
@@ -190,9 +222,41 @@ def folder_options(cfg: Config, progress: bool | None = None) -> FolderOptions:
                          cache=cfg.cache, progress=progress)
 
 
-def validate(cfg: Config) -> None:
-    """A one-line error for the first setting out of its range (None means "not set" and passes)."""
+def validate(cfg: Config, source: str | None = None) -> None:
+    """A one-line error for the first setting out of its range (None means "not set" and passes).
+
+    `source`: the file the settings come from (a run's config.yaml), named instead of a flag the user never gave.
+    """
     for key, (ok, what) in _CHECKS.items():
         value = getattr(cfg, key)
-        if value is not None and not ok(value):
-            raise SelfSupError(f"--{key.replace('_', '-')} must be {what}, got {value}")
+        try:
+            good = value is None or ok(value)
+        except TypeError:  # a config.yaml may hold a string where a number belongs
+            good = False
+        if not good:
+            name = f"{source}: {key}" if source else f"--{key.replace('_', '-')}"
+            raise SelfSupError(f"{name} must be {what}, got {value!r}")
+
+
+# Flags --resume takes whatever they were: where the run is, its new total, and whether to use the decode cache.
+RESUME_FREE = ("out", "epochs", "cache")
+
+
+def resume_conflicts(saved: Config, given: dict, method_args: dict) -> list[str]:
+    """The flags given with --resume whose values differ from the run's saved (resolved) ones, as --flag names;
+    a flag repeated with its saved value is no conflict, so the same command with --resume appended works."""
+    cls = get_method(saved.method)
+
+    def same(key, value) -> bool:
+        old = getattr(saved, key)
+        if key == "method":
+            return get_method(value).name == cls.name
+        if key == "data" and isinstance(old, str) and os.path.exists(value) and os.path.exists(old):
+            return os.path.samefile(value, old)
+        return value == old
+
+    changed = sorted(k for k, v in given.items() if k not in RESUME_FREE and not same(k, v))
+    if method_args:
+        hp = hparams_to_dict(parse_hparams(cls.name, cls.Hparams, method_args))
+        changed += sorted(k for k in method_args if hp[k] != saved.method_args.get(k))
+    return ["--" + k.replace("_", "-") for k in changed]

@@ -20,7 +20,7 @@ from .data.types import DataSpec, image_spec
 from .errors import SelfSupError
 from .methods import Method, get_method, parse_hparams
 from .models.encoder import Encoder
-from .train.checkpoint import load_checkpoint, unwrapped
+from .train.checkpoint import load_run_checkpoint, unwrapped
 
 
 @dataclass
@@ -112,11 +112,19 @@ class TrainedRun:
 def load_run(run_dir: str | Path) -> TrainedRun:
     """Rebuild a run's method from its last checkpoint and take its encoder (heads are not used)."""
     paths = RunPaths(Path(run_dir))
+    if paths.root.exists() and not paths.root.is_dir():
+        raise SelfSupError(f"{paths.root} is a file, not a directory: give a run directory made by "
+                           "'selfsup pretrain'")
     if not paths.root.is_dir():
         raise SelfSupError(f"no such run directory: {paths.root}")
-    ckpt = load_checkpoint(paths.last)
-    cfg = Config.from_dict(ckpt["config"])
-    spec = checkpoint_spec(ckpt)
+    if paths.config.exists():
+        Config.load(paths.config)  # a broken config.yaml is refused here as --resume refuses it
+    ckpt = load_run_checkpoint(paths.last)
+    try:
+        cfg = Config.from_dict(ckpt["config"])
+        spec = checkpoint_spec(ckpt)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SelfSupError(f"{paths.last} is not a selfsup checkpoint (bad config or data spec: {e})") from None
     method = build_method(cfg, spec)
     missing, unexpected = method.load_state_dict(unwrapped(ckpt["model"]), strict=False)
     if missing or unexpected:

@@ -13,6 +13,9 @@ from selfsup.errors import SelfSupError
 
 _IMAGE_KEYS = ("images", "x", "X")
 _LABEL_KEYS = ("labels", "y", "Y")
+# Labels are class indices: evaluation sizes its heads by the largest, so 10**12 would be 10**12 classes.
+# 100,000 is well above ImageNet-21k's 21,841 classes.
+MAX_CLASSES = 100_000
 
 
 def images_from_array(arr: np.ndarray, path: str) -> torch.Tensor:
@@ -54,6 +57,9 @@ def labels_from_array(arr: np.ndarray, n: int, path: str) -> torch.Tensor:
         raise SelfSupError(f"{len(arr)} labels for {n} images in {path}")
     if n and arr.min() < 0:
         raise SelfSupError(f"negative label {int(arr.min())} in {path}")
+    if n and arr.max() >= MAX_CLASSES:
+        raise SelfSupError(f"label {int(arr.max())} in {path} is not a class index: labels must be in "
+                           f"[0, {MAX_CLASSES:,}) (a class per label value up to the largest)")
     return torch.from_numpy(arr.astype(np.int64))
 
 
@@ -76,6 +82,8 @@ def load_label_file(path: str, n: int) -> torch.Tensor:
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise SelfSupError(f"no such file or directory: {path}")
+    if not os.path.isfile(path):
+        raise SelfSupError(f"label file {path} is not a regular file")
     if path.lower().endswith(".npy"):
         arr = _np_load(path)
         if not isinstance(arr, np.ndarray):

@@ -32,6 +32,9 @@ class BadImage(Exception):
     """A file that is not a usable image; the message is one line saying why."""
 
 
+TOO_LARGE = "too large: "  # how the reason of an image refused for its size (not its bytes) begins
+
+
 def parse_background(text: str) -> tuple[int, int, int]:
     """'white', 'black', '#rrggbb', 'R,G,B' ... -> an RGB triple (raises ValueError when it is none)."""
     text = text.strip()
@@ -90,7 +93,7 @@ def check_size(w: int, h: int, mode: str, scale: int) -> bool:
         raise BadImage(f"implausible size {w}x{h} in its header")
     need = -(-w // scale) * -(-h // scale) * _BYTES.get(mode, 4)
     if need > MAX_DECODE_BYTES:
-        raise BadImage(f"{w}x{h} px would need {need / 2**30:.1f} GiB to decode, above the "
+        raise BadImage(f"{TOO_LARGE}{w}x{h} px would need {need / 2**30:.1f} GiB to decode, above the "
                        f"{MAX_DECODE_BYTES / 2**30:g} GiB limit for images over {Image.MAX_IMAGE_PIXELS:,} px")
     return Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from selfsup.data import cache
-from selfsup.data.decode import GRAY_MODES, parse_background
+from selfsup.data.decode import GRAY_MODES, TOO_LARGE, parse_background
 from selfsup.data.parallel import Pool, decode_into, default_workers, read_headers
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
@@ -99,6 +99,13 @@ def load_folder(root: str, options: FolderOptions | None = None) -> Dataset:
     paths = find_images(root)
     if not paths:
         raise SelfSupError(f"no images ({'/'.join(EXTENSIONS)}) found in folder {root}")
+    special = [p for p in paths if not os.path.isfile(p)]  # a FIFO named x.png would block the reader forever
+    if special and not opts.skip_bad:
+        raise SelfSupError(f"{special[0]} is not a regular file (a FIFO, device or socket), so not an image; "
+                           "--skip-bad to go on without such files")
+    paths = [p for p in paths if p not in set(special)]
+    if not paths:
+        raise SelfSupError(f"no image files in folder {root}, only {len(special)} FIFO(s), device(s) or socket(s)")
     owners = class_names(paths, root)
 
     key = cache.folder_key(root, paths, opts.key()) if opts.cache else None
@@ -115,6 +122,7 @@ def load_folder(root: str, options: FolderOptions | None = None) -> Dataset:
     keep = set(skipped)
     kept = [(p, o) for p, o in zip(paths, owners) if p not in keep]
     paths = [p for p, _ in kept]
+    skipped = sorted(skipped + special)
     if not paths:
         raise SelfSupError(f"every image in {root} is unreadable ({len(skipped)} skipped)")
     classes = labels = None
@@ -137,7 +145,9 @@ def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background)
 
     def on_bad(i: int, reason: str) -> None:
         if not opts.skip_bad:
-            raise SelfSupError(f"corrupt image: {paths[i]} ({reason}); --skip-bad to go on without such files")
+            what = "image too large" if reason.startswith(TOO_LARGE) else "corrupt image"
+            raise SelfSupError(f"{what}: {paths[i]} ({reason.removeprefix(TOO_LARGE)}); --skip-bad to go on "
+                               "without such files")
         bad[i] = reason
 
     t0 = time.perf_counter()

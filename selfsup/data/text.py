@@ -24,6 +24,9 @@ FORTUNES_MIXED = ("cookie", "fortunes", "miscellaneous")
 
 def decode_utf8(path: str) -> str:
     """The file's text; a one-line error naming the file and the byte offset of the first undecodable byte."""
+    if not os.path.isfile(path):  # a FIFO or a device (/dev/zero) would block or never end
+        raise SelfSupError(f"{path} is not a regular file (a FIFO, device or socket); selfsup reads text only "
+                           "from regular files")
     try:
         with open(path, "rb") as f:
             raw = f.read()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import field
@@ -48,8 +49,23 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# An integer setting above this is a typo, not a setting: a layer that wide, or a queue that long, cannot be
+# allocated (2**20 = 1,048,576, 16 times MoCo's 65,536-key queue).
+MAX_INT = 2 ** 20
+
+
+def _number(text: str) -> float | None:
+    """A number written any way Python reads one (1e-1, 1e12, .5), or None. YAML 1.1 alone needs a dot in
+    exponent notation (1.0e-1), so `1e-1` would otherwise stay a string."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def coerce(value: Any, tp: Any) -> Any:
-    """`value` converted to type `tp`, or ValueError. Strings (from the command line) are read as YAML first."""
+    """`value` converted to type `tp`, or ValueError. Strings (from the command line) are read as YAML first;
+    a float setting also takes exponent notation (1e-1) and must be finite (nan and inf are refused)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         if value in args:
@@ -79,7 +95,9 @@ def coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, str) and _number(value) is not None:
+            value = _number(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -105,7 +123,11 @@ def parse_hparams(method: str, hparams_cls: type, values: dict | None) -> Any:
         try:
             out[key] = coerce(value, types_[key])
         except ValueError:
-            raise SelfSupError(f"{method} setting {key} expects {type_name(types_[key])}, got {value!r}") from None
+            finite = " (a finite number)" if "float" in type_name(types_[key]) else ""
+            raise SelfSupError(f"{method} setting {key} expects {type_name(types_[key])}{finite}, "
+                               f"got {value!r}") from None
+        if isinstance(out[key], int) and not isinstance(out[key], bool) and abs(out[key]) > MAX_INT:
+            raise SelfSupError(f"{method} setting {key} must be at most {MAX_INT:,} in size, got {out[key]}")
     try:
         return hparams_cls(**out)  # an Hparams may check its values in __post_init__ (raising ValueError)
     except ValueError as e:

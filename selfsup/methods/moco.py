@@ -111,8 +111,11 @@ class MoCo(Method):
                     setattr(self, key, value)
             if self.queue_size is not None and self.queue_size < 1:
                 raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
-            if self.key_bn_group < 2 or not 0 <= self.momentum <= 1 or self.temperature <= 0:
-                raise ValueError("key_bn_group must be >= 2, momentum in [0, 1] and temperature > 0")
+            for bad, what in ((self.key_bn_group < 2, "key_bn_group must be >= 2"),
+                              (not 0 <= self.momentum <= 1, "momentum must be in [0, 1]"),
+                              (self.temperature <= 0, "temperature must be > 0")):
+                if bad:
+                    raise ValueError(f"{what}, got {getattr(self, what.split()[0])}")
 
     @classmethod
     def optimizer_defaults(cls, hp):

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,15 +73,38 @@ class CheckpointWriter:
             raise error
 
 
+CHECKPOINT_KEYS = ("config", "model", "epoch")  # what every selfsup checkpoint holds, whatever its version
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint with weights_only=True: tensors and plain containers only, no code runs."""
     path = Path(path)
     if not path.is_file():
         raise SelfSupError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise SelfSupError(f"checkpoint {path} is empty (0 bytes): the run was stopped while it was written?")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol: the one line below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: the file holds arbitrary Python objects
+        raise SelfSupError(f"cannot read checkpoint {path}: it holds Python objects other than tensors and plain "
+                           "containers, and loading those could run code (refused)") from None
     except Exception as e:  # a truncated or foreign file
-        raise SelfSupError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SelfSupError(f"cannot read checkpoint {path}: {msg}") from None
+    return ckpt
+
+
+def load_run_checkpoint(path: str | Path) -> dict:
+    """A run's checkpoint (load_checkpoint), checked to hold what every selfsup checkpoint holds."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise SelfSupError(f"{path} is not a selfsup checkpoint (it lacks {', '.join(missing)})")
+    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
+        raise SelfSupError(f"{path} is not a selfsup checkpoint (its config or model is not a mapping)")
+    return ckpt
 
 
 def prefixed(state: dict, prefix: str) -> dict:

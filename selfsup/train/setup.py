@@ -16,14 +16,18 @@ from pathlib import Path
 import torch
 
 from ..config import WARMUP_MAX_EPOCHS, Config, folder_options, resolve, validate, warmup_steps
-from ..data import Dataset, load_data
+from ..data import Dataset, load_data, spec_of
 from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_tokenizer, save_tokenizer
 from ..distributed import world_size
 from ..errors import SelfSupError
 from ..evaluate.subsets import complement, holdout_indices
 from ..methods import get_method, parse_hparams
-from ..rundir import RunLock, RunPaths, load_holdout, save_holdout
-from .checkpoint import load_checkpoint
+from ..rundir import RunLock, RunPaths, build_method, load_holdout, save_holdout
+from .checkpoint import load_run_checkpoint
+
+
+# Run directories this process opened, newest last: an interrupted command says whether one can be resumed.
+OPENED: list[Path] = []
 
 
 @dataclass
@@ -73,8 +77,9 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         paths = RunPaths(Path(cfg.out))
         saved = Config.load(paths.config)
         lock = RunLock(paths.root).acquire()
+        OPENED.append(paths.root)
         try:
-            ckpt = load_checkpoint(paths.last)
+            ckpt = load_run_checkpoint(paths.last)
             check_resume_world(ckpt)
             check_resume_epochs(saved, cfg.epochs, paths.root)
             cfg = dataclasses.replace(saved, out=str(paths.root))
@@ -93,8 +98,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     validate(cfg)
     resolve(cfg, device.type)  # settings, method and optimizer checked before the data is even read
     paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
-    if paths.last.exists():
-        raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another --out")
+    check_new_run_dir(paths)
     if train is not None:
         full, index, data, note = train, None, train, "given by the caller, used whole"
     else:
@@ -104,17 +108,22 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         index = new_holdout(cfg, full)
         data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
     if len(data) < 2:
-        raise SelfSupError(f"{cfg.data} has {len(data)} sample(s) for pretraining; it needs at least 2")
+        raise SelfSupError(too_few_message(cfg, full, data))
     tokenizer = fit_for(data, cfg.vocab_size, cfg.seq_len)  # text: fitted to the pretraining split only
     data = as_tokens(data, tokenizer)
     method = get_method(cfg.method)  # e.g. colorization refuses grayscale images, before anything is written
+    if data.kind != method.modality:
+        raise SelfSupError(f"method {method.name} learns from {method.modality} data, but {cfg.data} holds "
+                           f"{data.kind} data")
     method.check_data(data, parse_hparams(method.name, method.Hparams, cfg.method_args))
     cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
+    check_buildable(cfg, data)
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SelfSupError(f"cannot create run directory {paths.root}: {e.strerror}") from None
     lock = RunLock(paths.root).acquire()
+    OPENED.append(paths.root)
     if index is not None:
         save_holdout(paths, cfg, len(full), index)
     if tokenizer is not None:
@@ -123,6 +132,49 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         paths.skipped.write_text("".join(p + "\n" for p in full.skipped))
     cfg.save(paths.config)
     return OpenRun(cfg, paths, lock, data, note, None)
+
+
+def too_few_message(cfg: Config, full: Dataset, data: Dataset) -> str:
+    """Why fewer than 2 samples are left for pretraining: how many the source holds, what the holdout took, and
+    (all labels distinct) a hint that a TSV's columns may be swapped."""
+    unit = "document" if full.kind == "text" else "sample"
+    msg = f"{cfg.data} holds {len(full)} {unit}(s)"
+    if len(data) < len(full):
+        msg += f", {len(data)} left for pretraining after the --holdout {cfg.holdout:g}"
+    if full.kind == "text" and len(full) < 2:
+        msg += " (documents are lines, or paragraphs between blank lines, or entries between lines of %)"
+    if full.labels is not None and len(full) > 2 and len(full.labels.unique()) == len(full):
+        msg += f"; each has its own label ({len(full)} classes: in a TSV, is each row label<TAB>text?)"
+    return msg + "; pretraining needs at least 2"
+
+
+def check_new_run_dir(paths: RunPaths) -> None:
+    """A new run goes into a new or empty folder, or one holding a run with no checkpoint yet (one interrupted
+    before its first epoch ended); never into a folder of other files, and its name must be one the OS takes."""
+    try:
+        if paths.last.exists():
+            raise SelfSupError(f"{paths.root} already holds a run; pass --resume to continue it or choose another "
+                               "--out")
+        if paths.root.exists() and not paths.root.is_dir():
+            raise SelfSupError(f"--out {paths.root} is a file, not a folder")
+        if paths.root.is_dir() and any(paths.root.iterdir()) and not paths.config.is_file():
+            raise SelfSupError(f"--out {paths.root} is a folder of other files, not a run directory; choose a new "
+                               "or empty folder")
+    except OSError as e:  # e.g. a name over 255 bytes
+        raise SelfSupError(f"--out {paths.root}: {e.strerror}") from None
+
+
+def check_buildable(cfg: Config, data: Dataset) -> None:
+    """Build the method once, before anything is written: a backbone that cannot take this data, or settings
+    too large to allocate, are a one-line error here rather than a traceback after the run directory exists."""
+    try:
+        build_method(cfg, spec_of(data))
+    except (MemoryError, OverflowError, RuntimeError) as e:
+        raise SelfSupError(f"cannot build {cfg.method} with backbone {cfg.backbone} and settings "
+                           f"{cfg.method_args}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (ValueError, TypeError) as e:
+        raise SelfSupError(f"backbone {cfg.backbone} cannot take {cfg.data} ({spec_of(data).describe()}): "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def check_resume_world(ckpt: dict) -> None:
@@ -176,3 +228,13 @@ def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: 
              f"  {c.method} settings: {settings}{'; ' + method_note if method_note else ''}",
              f"  kNN monitor: {monitor_note}; run directory {run.paths.root}"]
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def interrupted_note() -> str:
+    """For Ctrl-C: where the run this process opened can continue from, if it got as far as a checkpoint."""
+    if not OPENED:
+        return ""
+    paths = RunPaths(OPENED[-1])
+    if paths.last.is_file():
+        return f"; the last finished epoch is in {paths.last} (continue with --resume --out {paths.root})"
+    return f" before the first epoch ended: {paths.root} holds no checkpoint to resume (run the command again)"
