@@ -271,7 +271,7 @@ def test_resume_takes_flags_repeated_with_their_saved_values(tmp_path, monkeypat
     shutil.copytree(trained, run)
     _until_train(monkeypatch, Reached)
     with pytest.raises(Reached):  # the same command with --resume appended gets as far as training
-        main(["pretrain", "--data", "digits", "--epochs", "2", "--batch-size", "64", "--threads", "1",
+        main(["pretrain", "--data", "digits", "--epochs", "1", "--batch-size", "64", "--threads", "1",
               "--method", "simclr", "--seed", "0", "--temperature", "2e-1", "--out", str(run), "--resume"])
 
 
