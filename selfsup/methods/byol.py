@@ -64,7 +64,7 @@ class BYOL(Method):
 
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch."""
-        return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator)}
+        return self.view_recipe.pair(x, generator)
 
     @torch.no_grad()
     def targets(self, v: torch.Tensor) -> torch.Tensor:

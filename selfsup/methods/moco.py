@@ -150,7 +150,7 @@ class MoCo(Method):
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch, and the shuffle of the keys' BatchNorm batches."""
         # key_perm shuffles the global batch (every process's rows); under torchrun rank 0's is used everywhere.
-        return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator),
+        return {**self.view_recipe.pair(x, generator),
                 "key_perm": torch.randperm(x.shape[0] * world_size(), generator=generator, device=x.device)}
 
     def describe(self):

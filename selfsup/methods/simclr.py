@@ -51,7 +51,7 @@ class SimCLR(Method):
 
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch."""
-        return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator)}
+        return self.view_recipe.pair(x, generator)
 
     def forward(self, batch):
         z = self.projector(self.backbone(torch.cat([batch["v1"], batch["v2"]])))  # z: 2B x proj_dim

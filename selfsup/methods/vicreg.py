@@ -55,7 +55,7 @@ class VICReg(Method):
 
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch."""
-        return {"v1": self.view_recipe(x, generator), "v2": self.view_recipe(x, generator)}
+        return self.view_recipe.pair(x, generator)
 
     def forward(self, batch):
         z1 = self.projector(self.backbone(batch["v1"]))  # z: b x proj_dim; each view through BN on its own

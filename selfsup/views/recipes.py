@@ -55,6 +55,11 @@ class SimCLRViews:
             v = ops.random_solarize(v, self.solarize_p, generator=g)
         return ops.normalize(v, self.mean, self.std)
 
+    def pair(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Two independently augmented views of one uint8 batch, {"v1", "v2"}: the batch of every two-view
+        method (SimCLR, MoCo, BYOL, SimSiam, Barlow Twins, VICReg); v1 is drawn first, so the draws are fixed."""
+        return {"v1": self(x, generator), "v2": self(x, generator)}
+
 
 def simclr_views(size: Size, mean, std) -> SimCLRViews:
     """SimCLR's recipe (Chen et al. 2020, appendix A). From 64 px (the shorter side): crops of 8-100%, colour
