@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -280,6 +281,18 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_none(tmp_path, monkeyp
     assert main(P + ["--epochs", "1", "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("selfsup: interrupted before the first epoch ended") and "no checkpoint" in err[-1]
+
+
+def test_ctrl_c_while_importing_is_one_line_exit_130():
+    """SIGINT half a second after `python -m selfsup` starts, while torch is still importing (it takes longer):
+    one line, exit 130, no traceback (a signal that lands in main() instead gives its own one line)."""
+    proc = subprocess.Popen([sys.executable, "-m", "selfsup", "methods"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("selfsup: interrupted"), err
 
 
 def test_ctrl_c_during_training_one_line_exit_130(tmp_path):
