@@ -18,7 +18,7 @@ from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
-from .evaluate.report import FINETUNE_STARTS, PROTOCOLS, RANDOM_ROW
+from .evaluate.report import PROTOCOLS, RANDOM_ROW, finetune_starts
 from .evaluate.layers import SELECT_SAMPLES
 from .evaluate.tuning import KNN_KS, L2_GRID, MAX_EXTEND
 from .evaluate.subsets import complement, eval_splits
@@ -185,7 +185,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
                   finetune_epochs=finetune_epochs, finetune_min_steps=budget["finetune_min_steps"],
                   finetune_max_steps=finetune_max_steps, knn_ks=list(KNN_KS), l2_grid=list(L2_GRID),
                   validation="a seeded, class-balanced 20% of each labelled subset",
-                  finetune_start=FINETUNE_STARTS[run.spec.kind])
+                  finetune_start=finetune_starts(run.encoder.backbone))
     md = _markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))

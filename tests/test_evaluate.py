@@ -331,3 +331,27 @@ def test_eval_splits_prefers_the_sources_test_split():
     tr, te, note = eval_splits(train, None, seed=0)
     assert (len(tr), len(te)) == (40, 10) and "holdout" in note
     assert torch.bincount(te.labels, minlength=5).tolist() == [2] * 5
+
+
+def test_transformers_fine_tune_with_adamw_and_cnns_with_sgd(monkeypatch):
+    """The fine-tuning start follows the family the backbone declares: a ViT (like the text encoder) gets AdamW,
+    the CNNs SGD, for the pretrained row and the random-init row alike."""
+    from selfsup.evaluate import report
+    from selfsup.models.backbones import build_backbone
+
+    spec = image_spec((1, 8, 8), [0.5], [0.25])
+    seen = {}
+
+    def fake_finetune(enc, *args, optimizer="sgd", lr=None, probe_l2=None, **kw):
+        seen.setdefault(optimizer, []).append(lr)
+        return 0.5
+
+    monkeypatch.setattr(report, "finetune", fake_finetune)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(40) % 2
+    for name, optimizer in (("vit", "adamw"), ("small_cnn", "sgd")):
+        seen.clear()
+        enc = Encoder(build_backbone(name, spec), spec)
+        evaluate_encoder(enc, lambda: Encoder(build_backbone(name, spec), spec), x, y, x[:10], y[:10], 2, "cpu",
+                         fractions=(1.0,), protocols=("finetune",), progress=False)
+        assert list(seen) == [optimizer] and len(seen[optimizer]) == 2, (name, seen)

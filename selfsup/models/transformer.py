@@ -44,6 +44,10 @@ class TransformerEncoder(nn.Module):
     Devlin et al. 2019, in the pre-norm arrangement). No dropout: every random draw of a run comes from its
     seeded generators, so a resumed run is exact."""
 
+    # Transformers fine-tune with AdamW (BERT; MAE, He et al. 2021, appendix A.2), not the CNNs' SGD
+    # (evaluate/report.py FINETUNE_STARTS).
+    finetune_family = "transformer"
+
     def __init__(self, vocab_size: int, max_len: int, pad_id: int = 0, dim: int = 128, depth: int = 4,
                  heads: int = 4, mlp_ratio: int = 4, pool: str = "mean"):
         super().__init__()

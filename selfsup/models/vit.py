@@ -70,6 +70,10 @@ class ViT(nn.Module):
     """Patch embedding + position embedding + Transformer blocks + LayerNorm; the forward may keep only some
     patches (``ids_keep``), so a masked autoencoder's encoder never sees the masked ones."""
 
+    # Transformers fine-tune with AdamW (BERT; MAE, He et al. 2021, appendix A.2), not the CNNs' SGD
+    # (evaluate/report.py FINETUNE_STARTS).
+    finetune_family = "transformer"
+
     def __init__(self, in_shape: tuple[int, int, int], patch_size: int | None = None, dim: int = 96,
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0):
         super().__init__()
