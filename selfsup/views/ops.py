@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .jitter import _check_channels, _col  # the batch helpers both modules use
 from .jitter import (adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter,  # noqa: F401
                      rgb_to_gray)
 
@@ -56,19 +57,8 @@ def _bernoulli(n: int, p: float, generator, device) -> torch.Tensor:
     return _rand(n, generator, device) < p
 
 
-def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B,1,1,1) on x's device/dtype."""
-    return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
-
-
 def _bmask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return mask.to(device=x.device, dtype=torch.bool).view(-1, 1, 1, 1)
-
-
-def _check_channels(x: torch.Tensor) -> int:
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"expected a (B, C, H, W) batch with C in {{1, 3}}, got shape {tuple(x.shape)}")
-    return x.shape[1]
 
 
 # ------------------------------------------------------------------------------ conversion / normalise
