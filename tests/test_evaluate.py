@@ -355,3 +355,22 @@ def test_transformers_fine_tune_with_adamw_and_cnns_with_sgd(monkeypatch):
         evaluate_encoder(enc, lambda: Encoder(build_backbone(name, spec), spec), x, y, x[:10], y[:10], 2, "cpu",
                          fractions=(1.0,), protocols=("finetune",), progress=False)
         assert list(seen) == [optimizer] and len(seen[optimizer]) == 2, (name, seen)
+
+
+def test_lp_ft_starts_from_a_probe_penalty_within_the_base_grid(monkeypatch):
+    """A probe whose L2 search extended past the grid (1e-8) still starts fine-tuning from a penalty inside the
+    base grid (1e-5): the range LP-FT's learning rates were validated with."""
+    from selfsup.evaluate import report
+    from selfsup.evaluate.tuning import L2_GRID
+    from selfsup.models.backbones import build_backbone
+
+    spec = image_spec((1, 8, 8), [0.5], [0.25])
+    seen = []
+    monkeypatch.setattr(report, "linear_tuned", lambda *a, **k: dict(linear=0.5, linear_l2=1e-8))
+    monkeypatch.setattr(report, "finetune", lambda *a, probe_l2=None, **k: seen.append(probe_l2) or 0.5)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(40) % 2
+    enc = Encoder(build_backbone("small_cnn", spec), spec)
+    evaluate_encoder(enc, lambda: enc, x, y, x[:10], y[:10], 2, "cpu", fractions=(1.0,),
+                     protocols=("linear", "finetune"), baselines=False, progress=False)
+    assert seen == [min(L2_GRID)]

@@ -14,7 +14,7 @@ from .finetune import finetune
 from .layers import choose_layer
 from .subsets import class_balanced_subset
 from .tfidf import TFIDF_ROW, tfidf_features
-from .tuning import DEFAULT_L2, knn_both, linear_tuned
+from .tuning import DEFAULT_L2, L2_GRID, knn_both, linear_tuned
 
 PROTOCOLS = ("knn", "linear", "finetune")
 RANDOM_ROW = "random init"
@@ -161,7 +161,10 @@ def evaluate_encoder(encoder: nn.Module, make_random_encoder: Callable[[], nn.Mo
         else:
             idx_cpu = idx.to(train_x.device)
             start = starts[RANDOM_ROW if row == RANDOM_ROW else "pretrained"]
-            l2 = r.get("linear_l2") or DEFAULT_L2  # the row's tuned penalty when it was tuned
+            # LP-FT's head starts as the row's tuned probe, its penalty kept within the base grid the LP-FT rates
+            # were validated with (benchmarks/finetune_lr.py): the grid's extension serves the probe's own score,
+            # and a probe of L2 1e-8 has weights large enough to derail the first SGD steps.
+            l2 = min(max(r.get("linear_l2") or DEFAULT_L2, min(L2_GRID)), max(L2_GRID))
             out = dict(finetune=finetune(enc.at(layer), train_x[idx_cpu], train_y[idx], test_x, test_y, num_classes,
                                          device, augment=augment, epochs=finetune_epochs, max_steps=finetune_max_steps,
                                          min_steps=finetune_min_steps, seed=seed, lr=start["lr"],
