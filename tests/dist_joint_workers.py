@@ -13,14 +13,11 @@ Each rank writes out/rank{r}.pt; the test rebuilds the same models and batches i
 from __future__ import annotations
 
 import importlib
-import os
-import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from selfsup.data import image_spec
 from selfsup.methods.barlow_twins import BarlowTwins
@@ -154,26 +151,8 @@ def joint(out: Path) -> None:
     torch.save(result, out / f"rank{r}.pt")
 
 
-def _entry(r: int, w: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(r), WORLD_SIZE=str(w), LOCAL_RANK=str(r))
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=w)
-    try:
-        joint(Path(out))
-    finally:
-        dist.destroy_process_group()
-
-
 def spawn(store: Path, out: Path, procs: int = 2, timeout: float = 240) -> None:
-    """Run `joint(out)` on `procs` forked processes in one gloo group; raise if any fails or time runs out."""
-    ctx = mp.start_processes(_entry, args=(procs, str(store), str(out)), nprocs=procs, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + timeout
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the joint-embedding case on {procs} processes did not finish in {timeout:.0f} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+    """Run `joint(out)` on `procs` forked processes in one gloo group (dist_workers.spawn's process handling)."""
+    import dist_workers
+
+    dist_workers.spawn("dist_joint_workers.joint", store, out, procs=procs, timeout=timeout)

@@ -11,6 +11,7 @@ The same global batches and models are rebuilt in the test process, on one proce
 """
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from pathlib import Path
@@ -204,12 +205,20 @@ def interrupt(out: Path, data: Path, labels: Path) -> None:
     pretrain(Config(out=str(out)), resume=True, progress=False)
 
 
+def _case(case: str):
+    """A case by name: one of this module's, or "module.function" from another workers module."""
+    if "." in case:
+        module, name = case.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
+    return {"losses": losses, "interrupt": interrupt}[case]
+
+
 def _entry(r: int, w: int, case: str, store: str, args: tuple) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(r), WORLD_SIZE=str(w), LOCAL_RANK=str(r))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=w)
     try:
-        {"losses": losses, "interrupt": interrupt}[case](*args)
+        _case(case)(*args)
     finally:
         dist.destroy_process_group()
 
