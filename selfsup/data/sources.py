@@ -9,8 +9,9 @@ from selfsup.data.arrays import load_idx_image_file, load_label_file, load_npy, 
 from selfsup.data.cifar10 import load_cifar10
 from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
-from selfsup.data.folder import EXTENSIONS, FolderOptions, find_images, load_folder
+from selfsup.data.folder import EXTENSIONS, FolderOptions, load_folder
 from selfsup.data.idx import looks_like_idx_images
+from selfsup.data.index import has_images
 from selfsup.data.text import TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder, looks_like_text_folder
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
@@ -87,7 +88,7 @@ def load_data(src: str, split: str = "train", labels: str | None = None,
             return load_mnist_dir(path, split)
         if looks_like_text_folder(path):
             return load_text_folder(path) if split == "train" else None
-        if not find_images(path):
+        if not has_images(path):
             raise SelfSupError(f"no images ({'/'.join(EXTENSIONS)}) or text files ({'/'.join(TEXT_EXTENSIONS)} or "
                                f"no extension) found in folder {path}")
         return load_folder(path, folder) if split == "train" else None  # a folder is one split: nothing to decode for "test"
