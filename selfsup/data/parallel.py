@@ -66,6 +66,15 @@ def _decode_chunk(paths: list[str], start: int, target: tuple[str, int], shape: 
     return bad
 
 
+def _start_method() -> str | None:
+    """fork where the OS has it (no re-import), except once libvips is loaded here: a child forked from a process
+    whose libvips threads hold locks hangs at its first call, so the workers come from a fresh fork server."""
+    methods = multiprocessing.get_all_start_methods()
+    if "pyvips" in sys.modules and "forkserver" in methods:
+        return "forkserver"
+    return "fork" if "fork" in methods else None
+
+
 class Pool:
     """Processes for `workers` > 1 and enough files (fork where the OS has it: no re-import), else in-process."""
 
@@ -74,8 +83,10 @@ class Pool:
         self.chunk = chunk or max(1, min(32, n // (self.workers * 4) or 1))
         self.executor: Executor | None = None
         if self.workers > 1:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            method = _start_method()
+            ctx = multiprocessing.get_context(method)
+            if method == "forkserver":
+                ctx.set_forkserver_preload([__name__])  # imported once by the server, not by every worker
             self.executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                                 initargs=(ctx.Lock(),))
 
