@@ -12,6 +12,7 @@ from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, loa
 from selfsup.data.folder import EXTENSIONS, FolderOptions, load_folder
 from selfsup.data.idx import looks_like_idx_images
 from selfsup.data.index import has_images
+from selfsup.data.shards import is_shard_pattern, load_shards
 from selfsup.data.text import TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder, looks_like_text_folder
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
@@ -35,7 +36,7 @@ register_source("digits")(load_digits)
 register_source("fortunes")(load_fortunes)
 register_source("cifar10", "cifar-10")(load_cifar10)
 
-FILES = ("a folder of .png/.jpg/.jpeg images, a directory of MNIST-format IDX files, a .npy or .npz array, "
+FILES = ("a folder of .png/.jpg/.jpeg images, WebDataset .tar shards ('train-{000000..000099}.tar'), a directory of MNIST-format IDX files, a .npy or .npz array, "
          "an IDX image file (*-idx3-ubyte[.gz]), a .txt/.tsv text file or a folder of text files")
 _IDX_NAME = re.compile(r"idx3-ubyte(\.gz)?$", re.IGNORECASE)
 # train-images-idx3-ubyte -> train-labels-idx1-ubyte (also the images.idx3 spelling some mirrors use)
@@ -78,6 +79,10 @@ def load_data(src: str, split: str = "train", labels: str | None = None,
     if key in SOURCES:
         _no_labels_arg(labels, src)
         return SOURCES[key](split)
+
+    if is_shard_pattern(src) and not os.path.isdir(src):  # WebDataset tar shards: one split, as a folder is
+        _no_labels_arg(labels, src)
+        return load_shards(src, folder) if split == "train" else None
 
     path = os.path.abspath(os.path.expanduser(src))
     if not os.path.exists(path):
