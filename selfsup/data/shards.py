@@ -44,8 +44,8 @@ _ROWS = 256  # rows a worker decodes before writing them
 
 
 def is_shard_pattern(src: str) -> bool:
-    """Whether --data names tar shards: a .tar path, or a pattern with {a..b} / {x,y} in it."""
-    return src.lower().endswith(".tar") or bool(_BRACE.search(src))
+    """Whether --data names tar shards: a .tar path, or a pattern of them ({a..b} and {x,y} expanded)."""
+    return src.strip().lower().endswith(".tar")
 
 
 def expand_braces(pattern: str) -> list[str]:
