@@ -132,8 +132,9 @@ def skipped_note(reasons) -> str:
     """'; skipped N bad file(s)', saying how many of them were refused for their size only."""
     reasons = list(reasons)
     large = sum(r.startswith(TOO_LARGE) for r in reasons)
-    return (f"; skipped {len(reasons)} bad file(s)" + (f" ({large} too large to decode without pyvips)" if large else "")
-            if reasons else "")
+    if not reasons:
+        return ""
+    return f"; skipped {len(reasons)} bad file(s)" + (f" ({large} too large to decode without pyvips)" if large else "")
 
 
 def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background,

@@ -110,7 +110,8 @@ def _decode_shard(jobs: list[tuple], start: int, target: tuple[str, int], size: 
                 try:
                     a = decode(io.BytesIO(f.read(nbytes)), size, gray, background, parallel._HUGE_LOCK)
                     if a.shape != shape:
-                        raise BadImage(f"decoded to {a.shape[2]}x{a.shape[1]}, not the {shape[2]}x{shape[1]} of the others")
+                        raise BadImage(f"decoded to {a.shape[2]}x{a.shape[1]}, not the {shape[2]}x{shape[1]} "
+                                       "of the others")
                     arr[i] = a
                 except BadImage as e:
                     bad.append((row, str(e)))
@@ -131,8 +132,8 @@ def load_shards(pattern: str, options: FolderOptions | None = None) -> Dataset:
         raise SelfSupError(f"{len(missing)} of the {len(shards)} shards of {pattern} are missing, e.g. {missing[0]}")
     stats = [os.stat(p) for p in shards]
     root = os.path.commonpath([os.path.dirname(p) for p in shards])
-    key = cache.folder_key(root, [(os.path.relpath(p, root), st.st_size, st.st_mtime_ns)
-                                  for p, st in zip(shards, stats)], dict(opts.key(), source="shards")) if opts.cache else None
+    entries = [(os.path.relpath(p, root), st.st_size, st.st_mtime_ns) for p, st in zip(shards, stats)]
+    key = cache.folder_key(root, entries, dict(opts.key(), source="shards")) if opts.cache else None
     with cache.lock(key):
         hit = cache.load(key) if key else None
         if hit is not None:
@@ -173,7 +174,8 @@ def _decode_shards(pattern: str, shards: list[str], opts: FolderOptions, backgro
                 samples += rows
                 b.update(1)
         if not samples:
-            raise SelfSupError(f"no samples with a .jpg, .jpeg or .png image in the {len(shards)} shard(s) of {pattern}")
+            raise SelfSupError(f"no samples with a .jpg, .jpeg or .png image in the {len(shards)} shard(s) of "
+                               f"{pattern}")
         for i, s in enumerate(samples):
             if isinstance(s[4], str):
                 if not opts.skip_bad:

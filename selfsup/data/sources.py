@@ -36,7 +36,8 @@ register_source("digits")(load_digits)
 register_source("fortunes")(load_fortunes)
 register_source("cifar10", "cifar-10")(load_cifar10)
 
-FILES = ("a folder of .png/.jpg/.jpeg images, WebDataset .tar shards ('train-{000000..000099}.tar'), a directory of MNIST-format IDX files, a .npy or .npz array, "
+FILES = ("a folder of .png/.jpg/.jpeg images, WebDataset .tar shards ('train-{000000..000099}.tar'), "
+         "a directory of MNIST-format IDX files, a .npy or .npz array, "
          "an IDX image file (*-idx3-ubyte[.gz]), a .txt/.tsv text file or a folder of text files")
 _IDX_NAME = re.compile(r"idx3-ubyte(\.gz)?$", re.IGNORECASE)
 # train-images-idx3-ubyte -> train-labels-idx1-ubyte (also the images.idx3 spelling some mirrors use)
