@@ -22,8 +22,12 @@ with the command that installs it; it is never called corrupt.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import multiprocessing
 import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
@@ -38,6 +42,9 @@ MAX_DECODE_BYTES = 1 << 30
 MAX_SIDE = 65535  # JPEG's hard limit; PIL decodes up to this many pixels a side, libvips (pyvips) beyond
 INSTALL_PYVIPS = "pip install pyvips pyvips-binary"
 _VIPS: object = False  # the pyvips module once looked for (None: not installed or no libvips)
+# True in the decoding pool's workers, where libvips runs. Anywhere else it runs in a forked child, so the
+# process that forks the workers never loads it: a child forked after libvips has run hangs at its first call.
+IN_WORKER = False
 
 
 class BadImage(Exception):
@@ -108,6 +115,13 @@ def check_size(w: int, h: int, mode: str, scale: int) -> bool:
     return w <= MAX_SIDE and h <= MAX_SIDE and decode_bytes(w, h, mode, scale) <= MAX_DECODE_BYTES
 
 
+def have_pyvips() -> bool:
+    """Whether images above the budget can go to libvips (outside a worker, looked for without importing it)."""
+    if _VIPS is not False or IN_WORKER:
+        return pyvips() is not None
+    return importlib.util.find_spec("pyvips") is not None
+
+
 def pyvips():
     """The pyvips module (one thread, no operation cache: the pool uses the cores), or None without it."""
     global _VIPS
@@ -132,11 +146,23 @@ def _too_large(w: int, h: int, mode: str, scale: int) -> BadImage:
 
 
 def decode_large(source, size: int, gray: bool, background: tuple[int, int, int]) -> np.ndarray:
-    """An image of any pixel count -> uint8 (C, size, size) through libvips: shrink-on-load, rows streamed."""
+    """An image of any pixel count (a path or a binary file object) -> uint8 (C, size, size) through libvips:
+    shrink-on-load, rows streamed. Outside a pool worker, in a forked child (see IN_WORKER)."""
+    if not isinstance(source, (str, os.PathLike)):
+        source = source.read()  # a file object (a tar member): its bytes
+    if IN_WORKER or sys.modules.get("pyvips") or "fork" not in multiprocessing.get_all_start_methods():
+        return _vips_decode(source, size, gray, background)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as child:
+        return child.submit(_vips_decode, source, size, gray, background).result()
+
+
+def _vips_decode(source, size: int, gray: bool, background: tuple[int, int, int]) -> np.ndarray:
     vips = pyvips()
+    if vips is None:
+        raise BadImage(f"{TOO_LARGE}pyvips is installed but cannot load libvips; {INSTALL_PYVIPS}")
     try:
-        src = (vips.Source.new_from_file(os.fspath(source)) if isinstance(source, (str, os.PathLike))
-               else vips.Source.new_from_memory(source.read()))  # a file object: a tar member
+        src = (vips.Source.new_from_memory(source) if isinstance(source, bytes)
+               else vips.Source.new_from_file(os.fspath(source)))
         # fail_on: a file whose rows are not all there is an error, not an image padded with black
         img = vips.Image.thumbnail_source(src, size, height=size, crop="centre", option_string="fail_on=truncated")
         img = img.colourspace("b-w" if gray else "srgb")  # 16-bit to 8, CMYK and palettes to RGB; alpha kept
@@ -202,7 +228,7 @@ def decode(path, size: int | None, gray: bool, background: tuple[int, int, int],
                 img.draft(None, resized_size(*img.size, size))
                 scale = img.decoderconfig[0] if img.decoderconfig else 1  # the DCT scale libjpeg will use
             if not check_size(w, h, mode, scale):
-                if size is None or pyvips() is None:
+                if size is None or not have_pyvips():
                     raise _too_large(w, h, mode, scale)
                 if not isinstance(path, (str, os.PathLike)):
                     path.seek(0)

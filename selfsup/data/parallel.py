@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from selfsup.data.cache import write_rows
+from selfsup.data import decode as decode_module
 from selfsup.data.decode import BadImage, decode, header
 
 PROGRESS_MIN = 500  # progress="auto" shows a bar from this many files on
@@ -36,6 +37,7 @@ def _init_worker(lock) -> None:
     # workers use PIL and numpy only, never torch: a forked child must not touch the parent's OpenMP pool
     global _HUGE_LOCK
     _HUGE_LOCK = lock
+    decode_module.IN_WORKER = True  # libvips may run here (see decode.IN_WORKER)
 
 
 def _header_chunk(paths: list[str], start: int) -> list[tuple[int, int, str] | str]:
@@ -67,10 +69,11 @@ def _decode_chunk(paths: list[str], start: int, target: tuple[str, int], shape: 
 
 
 def _start_method() -> str | None:
-    """fork where the OS has it (no re-import), except once libvips is loaded here: a child forked from a process
-    whose libvips threads hold locks hangs at its first call, so the workers come from a fresh fork server."""
+    """fork where the OS has it (no re-import), except once libvips is loaded here (selfsup never loads it in this
+    process, but a caller may have): a child forked from a process whose libvips has run hangs at its first
+    call, so the workers then come from a fresh fork server."""
     methods = multiprocessing.get_all_start_methods()
-    if "pyvips" in sys.modules and "forkserver" in methods:
+    if sys.modules.get("pyvips") is not None and "forkserver" in methods:
         return "forkserver"
     return "fork" if "fork" in methods else None
 
