@@ -214,3 +214,26 @@ def test_index_benchmark_prints_json(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["files"] == 3000 and out["found"] == 3000 and out["scan_s"] > 0 and out["key_s"] > 0
+
+
+def test_an_unwritable_cache_decodes_into_a_temporary_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("not a folder")  # no cache can be made here
+    mixed_folder(tmp_path / "imgs", 6)
+    x = load_data(str(tmp_path / "imgs"), folder=FolderOptions(image_size=16, workers=1)).x
+    assert x.shape == (6, 3, 16, 16)
+    assert torch.equal(x, load_data(str(tmp_path / "imgs"), folder=FolderOptions(image_size=16, cache=False)).x)
+
+
+def test_temporaries_of_dead_processes_are_swept(tmp_path):
+    import socket
+
+    os.makedirs(tmp_path / "cache")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "cache" / f"{cache._TMP}{socket.gethostname()}-{int(dead.stdout)}-x.npy"
+    live = tmp_path / "cache" / f"{cache._TMP}{socket.gethostname()}-{os.getpid()}-y.npy"
+    stale.write_bytes(b"left by a killed decode")
+    live.write_bytes(b"being written")
+    mixed_folder(tmp_path / "imgs", 4)
+    load_data(str(tmp_path / "imgs"), folder=FolderOptions(image_size=8, workers=1))
+    assert not stale.exists() and live.exists()
