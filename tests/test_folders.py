@@ -134,16 +134,29 @@ def test_png_above_the_bomb_limit_is_decoded_when_real(tmp_path):
     assert (x[0, 0, :, :7] == 0).all() and (x[0, 0, :, 9:] == 255).all()  # left black, right white, kept
 
 
-def test_bombs_are_refused_with_one_line(tmp_path):
+def test_bombs_are_refused_with_one_line(tmp_path, monkeypatch):
     raw_png(tmp_path / "a.png", 60000, 60000, b"", mode_bytes=(8, 2))  # claims 60000^2 RGB, holds nothing
+    monkeypatch.setattr(dec, "_VIPS", None)  # without pyvips: refused for its size, never called corrupt
     with pytest.raises(SelfSupError) as e:
         load_data(str(tmp_path / ""), folder=FolderOptions(image_size=16))
-    assert "a.png (60000x60000 px would need 13.4 GiB to decode, above the 1 GiB limit" in str(e.value)
+    assert str(e.value).startswith("image too large: ") and "corrupt" not in str(e.value)
+    assert "a.png (60000x60000 px would need 13.4 GiB to decode with PIL, above its 1 GiB limit" in str(e.value)
+    assert "too large to decode without pyvips" in str(e.value) and dec.INSTALL_PYVIPS in str(e.value)
     assert "\n" not in str(e.value)
+    if _has_pyvips():
+        monkeypatch.undo()
+        with pytest.raises(SelfSupError, match=r"corrupt image: .*a\.png \(.*read error"):  # libvips: no rows
+            load_data(str(tmp_path), folder=FolderOptions(image_size=16, cache=False))
     os.remove(tmp_path / "a.png")
     raw_png(tmp_path / "b.png", 12000, 12000, b"\0" * 50)  # fits the limit, but its rows are not all there
     with pytest.raises(SelfSupError, match=r"corrupt image: .*b\.png"):
         load_data(str(tmp_path), folder=FolderOptions(image_size=16))
+
+
+def _has_pyvips() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyvips") is not None  # not imported: this process keeps forking its workers
 
 
 # ---------------------------------------------------------------- bad files
@@ -228,7 +241,7 @@ def test_cache_hit_gives_the_same_tensor_without_decoding(tmp_path, monkeypatch)
     root = tmp_path / "imgs"
     mixed_folder(root)
     first = load_data(str(root), folder=FolderOptions(image_size=20))
-    assert len(os.listdir(tmp_path / "cache")) == 2  # KEY.npy + KEY.json
+    assert len([n for n in os.listdir(tmp_path / "cache") if not n.startswith(".")]) == 2  # KEY.npy + KEY.json
 
     def no(*a, **k):
         raise AssertionError("decoded although cached")

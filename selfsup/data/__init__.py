@@ -1,4 +1,5 @@
-"""Datasets: built-in Fashion-MNIST and digits, image folders, .npy/.npz arrays, IDX files; registered sources."""
+"""Datasets: built-in Fashion-MNIST and digits, image folders, WebDataset tar shards, .npy/.npz arrays, IDX files;
+registered sources."""
 from selfsup.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from selfsup.data.folder import FolderOptions
 from selfsup.data.idx import read_idx

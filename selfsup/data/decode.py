@@ -12,8 +12,22 @@ Order of operations, and why:
    (PIL's convert would saturate them), CMYK through PIL's conversion, alpha composited onto `background`.
 6. Shorter side to N with PIL's antialiased bilinear filter, then the centre N x N crop: the same arithmetic as
    torchvision's `resize(img, N)` + `center_crop(img, N)` on PIL images, so a plain PNG gives identical pixels.
+
+An image PIL would need more than MAX_DECODE_BYTES to hold (or with a side above MAX_SIDE) goes to libvips
+instead, through pyvips when it is installed (`pip install pyvips pyvips-binary`, the `images` extra):
+`thumbnail` shrinks on load and streams a PNG's rows through the resize, so memory stays bounded whatever the
+pixel count. Its resampling differs slightly from PIL's (a mean absolute difference of about 1 level in the
+test), which is why it is used only where PIL cannot go. Without pyvips such an image is refused as too large,
+with the command that installs it; it is never called corrupt.
 """
 from __future__ import annotations
+
+import importlib.util
+import logging
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
@@ -25,7 +39,12 @@ _BYTES = {"1": 1, "L": 1, "P": 1, "LA": 4, "La": 4, "PA": 4, "I;16": 2, "I;16L":
 # An image above PIL's bomb limit is decoded when what its decoder must allocate (after JPEG draft scaling)
 # stays within this many bytes, one such image at a time across all workers; beyond it, refused.
 MAX_DECODE_BYTES = 1 << 30
-MAX_SIDE = 65535  # the most PNG/JPEG headers of real images claim per side (JPEG's hard limit)
+MAX_SIDE = 65535  # JPEG's hard limit; PIL decodes up to this many pixels a side, libvips (pyvips) beyond
+INSTALL_PYVIPS = "pip install pyvips pyvips-binary"
+_VIPS: object = False  # the pyvips module once looked for (None: not installed or no libvips)
+# True in the decoding pool's workers, where libvips runs. Anywhere else it runs in a forked child, so the
+# process that forks the workers never loads it: a child forked after libvips has run hangs at its first call.
+IN_WORKER = False
 
 
 class BadImage(Exception):
@@ -83,19 +102,79 @@ def resized_size(w: int, h: int, n: int) -> tuple[int, int]:
     return int(n * w / h), n
 
 
-def check_size(w: int, h: int, mode: str, scale: int) -> bool:
-    """Whether a w x h image is huge (above PIL's bomb limit); raises BadImage when it may not be decoded at all.
+def decode_bytes(w: int, h: int, mode: str, scale: int) -> int:
+    """What PIL allocates to decode a w x h image of `mode` at the JPEG draft `scale`."""
+    return -(-w // scale) * -(-h // scale) * _BYTES.get(mode, 4)
 
-    The rule: sides at most MAX_SIDE, and the decoder's allocation (at the JPEG draft `scale`) at most
-    MAX_DECODE_BYTES. Within it a huge image is decoded like any other; its pixels must then all be there.
-    """
-    if w < 1 or h < 1 or w > MAX_SIDE or h > MAX_SIDE:
+
+def check_size(w: int, h: int, mode: str, scale: int) -> bool:
+    """Whether PIL may decode a w x h image: False when it needs libvips (a side above MAX_SIDE, or more than
+    MAX_DECODE_BYTES at the JPEG draft `scale`). Raises BadImage for a size no real image has."""
+    if w < 1 or h < 1:
         raise BadImage(f"implausible size {w}x{h} in its header")
-    need = -(-w // scale) * -(-h // scale) * _BYTES.get(mode, 4)
-    if need > MAX_DECODE_BYTES:
-        raise BadImage(f"{TOO_LARGE}{w}x{h} px would need {need / 2**30:.1f} GiB to decode, above the "
-                       f"{MAX_DECODE_BYTES / 2**30:g} GiB limit for images over {Image.MAX_IMAGE_PIXELS:,} px")
-    return Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS
+    return w <= MAX_SIDE and h <= MAX_SIDE and decode_bytes(w, h, mode, scale) <= MAX_DECODE_BYTES
+
+
+def have_pyvips() -> bool:
+    """Whether images above the budget can go to libvips (outside a worker, looked for without importing it)."""
+    if _VIPS is not False or IN_WORKER:
+        return pyvips() is not None
+    return importlib.util.find_spec("pyvips") is not None
+
+
+def pyvips():
+    """The pyvips module (one thread, no operation cache: the pool uses the cores), or None without it."""
+    global _VIPS
+    if _VIPS is False:
+        try:
+            import pyvips as vips
+
+            logging.getLogger("pyvips").setLevel(logging.ERROR)  # its warnings become our one-line errors
+            vips.cache_set_max(0)
+            vips.concurrency_set(1)
+            _VIPS = vips
+        except (ImportError, OSError):  # not installed, or installed without a libvips it can load
+            _VIPS = None
+    return _VIPS
+
+
+def _too_large(w: int, h: int, mode: str, scale: int) -> BadImage:
+    need = decode_bytes(w, h, mode, scale) / 2**30
+    return BadImage(f"{TOO_LARGE}{w}x{h} px would need {need:.1f} GiB to decode with PIL, above its "
+                    f"{MAX_DECODE_BYTES / 2**30:g} GiB limit; too large to decode without pyvips, which streams it "
+                    f"in bounded memory: {INSTALL_PYVIPS}")
+
+
+def decode_large(source, size: int, gray: bool, background: tuple[int, int, int]) -> np.ndarray:
+    """An image of any pixel count (a path or a binary file object) -> uint8 (C, size, size) through libvips:
+    shrink-on-load, rows streamed. Outside a pool worker, in a forked child (see IN_WORKER)."""
+    if not isinstance(source, (str, os.PathLike)):
+        source = source.read()  # a file object (a tar member): its bytes
+    if IN_WORKER or sys.modules.get("pyvips") or "fork" not in multiprocessing.get_all_start_methods():
+        return _vips_decode(source, size, gray, background)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as child:
+        return child.submit(_vips_decode, source, size, gray, background).result()
+
+
+def _vips_decode(source, size: int, gray: bool, background: tuple[int, int, int]) -> np.ndarray:
+    vips = pyvips()
+    if vips is None:
+        raise BadImage(f"{TOO_LARGE}pyvips is installed but cannot load libvips; {INSTALL_PYVIPS}")
+    try:
+        src = (vips.Source.new_from_memory(source) if isinstance(source, bytes)
+               else vips.Source.new_from_file(os.fspath(source)))
+        # fail_on: a file whose rows are not all there is an error, not an image padded with black
+        img = vips.Image.thumbnail_source(src, size, height=size, crop="centre", option_string="fail_on=truncated")
+        img = img.colourspace("b-w" if gray else "srgb")  # 16-bit to 8, CMYK and palettes to RGB; alpha kept
+        if img.hasalpha():
+            bg = Image.new("RGB", (1, 1), background).convert("L").getpixel((0, 0)) if gray else list(background)
+            img = img.flatten(background=bg)
+        img = img.cast("uchar")
+        pixels = img.write_to_memory()
+    except vips.Error as e:  # its first line is "unable to call ...": the reason is the last
+        raise BadImage([line.strip() for line in str(e).splitlines() if line.strip()][-1]) from None
+    arr = np.ndarray(buffer=pixels, dtype=np.uint8, shape=(img.height, img.width, img.bands))
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -135,8 +214,9 @@ def resize_crop(img: Image.Image, n: int) -> Image.Image:
     return img
 
 
-def decode(path: str, size: int | None, gray: bool, background: tuple[int, int, int], huge_lock=None) -> np.ndarray:
-    """One file -> uint8 (C, n, n) (or (C, H, W) at its own size when `size` is None), C = 1 if gray else 3.
+def decode(path, size: int | None, gray: bool, background: tuple[int, int, int], huge_lock=None) -> np.ndarray:
+    """One file (a path or a binary file object) -> uint8 (C, n, n) (or (C, H, W) at its own size when `size` is
+    None), C = 1 if gray else 3.
 
     `huge_lock` (a multiprocessing lock, or None) is held while an image above PIL's bomb limit is in memory,
     so only one is at a time. Raises BadImage with a one-line reason.
@@ -147,7 +227,13 @@ def decode(path: str, size: int | None, gray: bool, background: tuple[int, int, 
             if size is not None and img.format == "JPEG":
                 img.draft(None, resized_size(*img.size, size))
                 scale = img.decoderconfig[0] if img.decoderconfig else 1  # the DCT scale libjpeg will use
-            huge = check_size(w, h, mode, scale)
+            if not check_size(w, h, mode, scale):
+                if size is None or not have_pyvips():
+                    raise _too_large(w, h, mode, scale)
+                if not isinstance(path, (str, os.PathLike)):
+                    path.seek(0)
+                return decode_large(path, size, gray, background)
+            huge = Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS
             if huge and huge_lock is not None:
                 with huge_lock:
                     return _finish(img, size, gray, background)

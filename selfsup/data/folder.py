@@ -15,11 +15,11 @@ import torch
 
 from selfsup.data import cache
 from selfsup.data.decode import GRAY_MODES, TOO_LARGE, parse_background
+from selfsup.data.index import EXTENSIONS, scan
 from selfsup.data.parallel import Pool, decode_into, default_workers, read_headers
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
-EXTENSIONS = (".png", ".jpg", ".jpeg")
 OWN_SIZE_MAX = 64  # images that all share one size up to this many pixels a side are kept as they are
 DEFAULT_SIZE = 64  # otherwise, without --image-size, they are brought to 64 x 64
 
@@ -43,32 +43,18 @@ class FolderOptions:
 
 
 def find_images(root: str) -> list[str]:
-    """Sorted absolute paths of all .png/.jpg/.jpeg files under `root`, skipping hidden entries."""
-    found: list[str] = []
-    seen: set[str] = set()
-    # followlinks so symlinked class folders work; `seen` stops symlink cycles
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        # hidden entries are things like macOS "._x.png" resource forks, not images
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            if not f.startswith(".") and f.lower().endswith(EXTENSIONS):
-                found.append(os.path.join(dirpath, f))
-    return sorted(found)
+    """Sorted absolute paths of all .png/.jpg/.jpeg regular files under `root`, skipping hidden entries."""
+    return scan(root).paths
 
 
-def class_names(paths: list[str], root: str) -> list[str | None]:
-    """Each path's top-level subfolder of `root` (None for files directly in it); refuses a mix of both."""
-    owners = [p[0] if len(p) > 1 else None for p in (os.path.relpath(q, root).split(os.sep) for q in paths)]
-    loose = [p for p, o in zip(paths, owners) if o is None]
-    if loose and len(loose) < len(paths):
+def class_names(rel: list[str], root: str) -> list[str | None]:
+    """Each relative path's top-level folder (None for files directly in `root`); refuses a mix of both."""
+    owners = [r.split(os.sep, 1)[0] if os.sep in r else None for r in rel]
+    loose = [r for r, o in zip(rel, owners) if o is None]
+    if loose and len(loose) < len(rel):
         classes = sorted({o for o in owners if o is not None})
         shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
-        raise SelfSupError(f"{root} holds {len(loose)} image(s) directly in it (e.g. {os.path.basename(loose[0])}) "
+        raise SelfSupError(f"{root} holds {len(loose)} image(s) directly in it (e.g. {loose[0]}) "
                            f"beside class folders ({shown}): move them into a class folder, or point at one layout")
     return owners
 
@@ -89,49 +75,46 @@ def _plan(headers: list[tuple[int, int, str]], size: int | None) -> tuple[int | 
 
 
 def load_folder(root: str, options: FolderOptions | None = None) -> Dataset:
-    """Decode every image under `root` to uint8 (N, C, H, W); labels from class folders (see the module doc)."""
+    """Decode every image under `root` to uint8 (N, C, H, W), memory-mapped from the cache; labels from class
+    folders (see the module doc)."""
     opts = options or FolderOptions()
     try:
         background = parse_background(opts.background)
     except ValueError:
         raise SelfSupError(f"--background must be a colour name, #rrggbb or R,G,B, got {opts.background!r}") from None
     root = os.path.abspath(root)
-    paths = find_images(root)
-    if not paths:
-        raise SelfSupError(f"no images ({'/'.join(EXTENSIONS)}) found in folder {root}")
-    special = [p for p in paths if not os.path.isfile(p)]  # a FIFO named x.png would block the reader forever
+    listing = scan(root)
+    special = [os.path.join(root, r) for r in listing.special]  # a FIFO named x.png would block the reader forever
     if special and not opts.skip_bad:
         raise SelfSupError(f"{special[0]} is not a regular file (a FIFO, device or socket), so not an image; "
                            "--skip-bad to go on without such files")
-    paths = [p for p in paths if p not in set(special)]
-    if not paths:
-        raise SelfSupError(f"no image files in folder {root}, only {len(special)} FIFO(s), device(s) or socket(s)")
-    owners = class_names(paths, root)
+    if not listing.rel:
+        raise SelfSupError(f"no image files in folder {root}, only {len(special)} FIFO(s), device(s) or socket(s)"
+                           if special else f"no images ({'/'.join(EXTENSIONS)}) found in folder {root}")
+    owners = class_names(listing.rel, root)
+    paths = listing.paths
 
-    key = cache.folder_key(root, paths, opts.key()) if opts.cache else None
-    hit = cache.load(key) if key else None
-    if hit is not None:
-        x, meta = hit
-        _say(f"{root}: {len(x)} images from the cache ({cache.cache_dir()})"
-             + (f"; {len(meta['skipped'])} bad file(s) skipped" if meta["skipped"] else ""))
-        skipped = [os.path.join(root, p) for p in meta["skipped"]]
-        if meta.get("note"):
-            _say(f"{root}: {meta['note']}")
-    else:
-        x, skipped, note = _decode_folder(root, paths, opts, background)
+    key = cache.folder_key(root, listing.entries(), opts.key()) if opts.cache else None
+    with cache.lock(key):
+        hit = cache.load(key) if key else None
+        if hit is not None:
+            x, meta = hit
+            _say(f"{root}: {len(x)} images from the cache ({cache.cache_dir()})"
+                 + (f"; {len(meta['skipped'])} bad file(s) skipped" if meta["skipped"] else ""))
+            skipped = [os.path.join(root, p) for p in meta["skipped"]]
+            if meta.get("note"):
+                _say(f"{root}: {meta['note']}")
+        else:
+            x, skipped = _decode_folder(root, paths, opts, background, key)
     keep = set(skipped)
     kept = [(p, o) for p, o in zip(paths, owners) if p not in keep]
     paths = [p for p, _ in kept]
     skipped = sorted(skipped + special)
-    if not paths:
-        raise SelfSupError(f"every image in {root} is unreadable ({len(skipped)} skipped)")
     classes = labels = None
     if kept[0][1] is not None:
         classes = sorted({o for _, o in kept})
         index = {c: i for i, c in enumerate(classes)}
         labels = torch.tensor([index[o] for _, o in kept], dtype=torch.int64)
-    if key and hit is None:
-        cache.save(key, x, dict(skipped=[os.path.relpath(p, root) for p in skipped], note=note))
     return Dataset(x, labels, paths=paths, classes=classes, name=root, skipped=skipped)
 
 
@@ -139,19 +122,35 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background) -> tuple[torch.Tensor, list[str], str]:
-    """Headers, then pixels, on a pool: the tensor (bad files' rows removed), the bad files, the size note."""
+def bad_file_error(path: str, reason: str) -> SelfSupError:
+    """The one line for a file that cannot be decoded: too large (never called corrupt) or corrupt."""
+    what = "image too large" if reason.startswith(TOO_LARGE) else "corrupt image"
+    return SelfSupError(f"{what}: {path} ({reason.removeprefix(TOO_LARGE)}); --skip-bad to go on without such files")
+
+
+def skipped_note(reasons) -> str:
+    """'; skipped N bad file(s)', saying how many of them were refused for their size only."""
+    reasons = list(reasons)
+    large = sum(r.startswith(TOO_LARGE) for r in reasons)
+    if not reasons:
+        return ""
+    return f"; skipped {len(reasons)} bad file(s)" + (f" ({large} too large to decode without pyvips)" if large else "")
+
+
+def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background,
+                   key: str | None) -> tuple[torch.Tensor, list[str]]:
+    """Headers, then pixels, on a pool, written into a cache.Builder: the mapped tensor (bad files' rows
+    removed) and the bad files."""
     bad: dict[int, str] = {}
 
     def on_bad(i: int, reason: str) -> None:
         if not opts.skip_bad:
-            what = "image too large" if reason.startswith(TOO_LARGE) else "corrupt image"
-            raise SelfSupError(f"{what}: {paths[i]} ({reason.removeprefix(TOO_LARGE)}); --skip-bad to go on "
-                               "without such files")
+            raise bad_file_error(paths[i], reason)
         bad[i] = reason
 
     t0 = time.perf_counter()
     pool = Pool(opts.workers or default_workers(), len(paths))
+    out = None
     try:
         headers = read_headers(pool, paths, on_bad, opts.progress)
         good = [i for i in range(len(paths)) if headers[i] is not None]
@@ -160,19 +159,22 @@ def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background)
         size, channels, hw, note = _plan([headers[i] for i in good], opts.image_size)
         if note:
             _say(f"{root}: {note}")
-        out = torch.empty((len(good), channels, *hw), dtype=torch.uint8)
-        decode_into(out, pool, [paths[i] for i in good], size, channels == 1, background,
+        out = cache.Builder(key, (len(good), channels, *hw))
+        decode_into(out.target, (channels, *hw), pool, [paths[i] for i in good], size, channels == 1, background,
                     lambda j, reason: on_bad(good[j], reason), opts.progress)
+        rows = [j for j, i in enumerate(good) if i not in bad]
+        if not rows:
+            raise SelfSupError(f"every image in {root} is unreadable ({len(bad)} skipped)")
+        skipped = [paths[i] for i in sorted(bad)]
+        x = out.finish(rows, dict(skipped=[os.path.relpath(p, root) for p in skipped], note=note))
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
     finally:
         pool.close()
     seconds = time.perf_counter() - t0
-    rows = [j for j, i in enumerate(good) if i not in bad]
-    if len(rows) < len(good):  # move the good rows up in place; the tail is dropped with a view, not a copy
-        for dst, src in enumerate(rows):
-            if dst != src:
-                out[dst] = out[src]
-        out = out[:len(rows)]
     if len(paths) >= 100 or bad:
         _say(f"{root}: decoded {len(paths)} images in {seconds:.1f}s ({len(paths) / seconds:.0f} images/s, "
-             f"{pool.workers} worker(s))" + (f"; skipped {len(bad)} bad file(s)" if bad else ""))
-    return out, [paths[i] for i in sorted(bad)], note
+             f"{pool.workers} worker(s))" + skipped_note(bad[i] for i in sorted(bad)))
+    return x, skipped

@@ -1,9 +1,10 @@
-"""Reading many image files on all cores: headers first, then pixels, written chunk by chunk into one tensor.
+"""Reading many image files on all cores: headers first, then pixels, each chunk written by its worker into the output.
 
-Each worker decodes a chunk of files to small arrays (already at the target size) and returns them; the parent
-copies each chunk into the preallocated uint8 output and drops it. Peak memory is therefore the output tensor,
-plus per worker the one file it is decoding and a chunk of small arrays, plus (across all workers, one at a time)
-a single image above PIL's bomb limit.
+Each worker decodes a chunk of files to small arrays (already at the target size) and writes them itself at
+their rows of the .npy being built (cache.write_rows): no pixels travel back, and no process maps the output,
+so the parent's memory does not grow with the set. Peak memory is, per worker, the one file it is decoding and
+a chunk of small arrays, plus (across all workers, one at a time) a single image above PIL's bomb limit; an
+image above the decode budget goes to libvips (pyvips), which streams it in bounded memory.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from selfsup.data.cache import write_rows
+from selfsup.data import decode as decode_module
 from selfsup.data.decode import BadImage, decode, header
 
 PROGRESS_MIN = 500  # progress="auto" shows a bar from this many files on
@@ -35,9 +37,10 @@ def _init_worker(lock) -> None:
     # workers use PIL and numpy only, never torch: a forked child must not touch the parent's OpenMP pool
     global _HUGE_LOCK
     _HUGE_LOCK = lock
+    decode_module.IN_WORKER = True  # libvips may run here (see decode.IN_WORKER)
 
 
-def _header_chunk(paths: list[str]) -> list[tuple[int, int, str] | str]:
+def _header_chunk(paths: list[str], start: int) -> list[tuple[int, int, str] | str]:
     """(W, H, mode) per file, or the one-line reason it cannot be read."""
     out: list[tuple[int, int, str] | str] = []
     for p in paths:
@@ -48,9 +51,9 @@ def _header_chunk(paths: list[str]) -> list[tuple[int, int, str] | str]:
     return out
 
 
-def _decode_chunk(paths: list[str], shape: tuple[int, int, int], size: int | None, gray: bool,
-                  background: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """A chunk's images as one uint8 (k, C, H, W) array (zeros where bad), and [(index in chunk, reason)]."""
+def _decode_chunk(paths: list[str], start: int, target: tuple[str, int], shape: tuple[int, int, int],
+                  size: int | None, gray: bool, background: tuple[int, int, int]) -> list[tuple[int, str]]:
+    """Decode a chunk's images into rows start.. of the output at `target` (zeros where bad); [(index, reason)]."""
     arr = np.zeros((len(paths), *shape), dtype=np.uint8)
     bad = []
     for i, p in enumerate(paths):
@@ -61,30 +64,43 @@ def _decode_chunk(paths: list[str], shape: tuple[int, int, int], size: int | Non
             arr[i] = a
         except BadImage as e:
             bad.append((i, str(e)))
-    return arr, bad
+    write_rows(target, start, arr)
+    return bad
+
+
+def _start_method() -> str | None:
+    """fork where the OS has it (no re-import), except once libvips is loaded here (selfsup never loads it in this
+    process, but a caller may have): a child forked from a process whose libvips has run hangs at its first
+    call, so the workers then come from a fresh fork server."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.modules.get("pyvips") is not None and "forkserver" in methods:
+        return "forkserver"
+    return "fork" if "fork" in methods else None
 
 
 class Pool:
     """Processes for `workers` > 1 and enough files (fork where the OS has it: no re-import), else in-process."""
 
-    def __init__(self, workers: int, n: int):
+    def __init__(self, workers: int, n: int, chunk: int | None = None):
         self.workers = max(1, min(workers, n))
-        self.chunk = max(1, min(32, n // (self.workers * 4) or 1))
+        self.chunk = chunk or max(1, min(32, n // (self.workers * 4) or 1))
         self.executor: Executor | None = None
         if self.workers > 1:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            method = _start_method()
+            ctx = multiprocessing.get_context(method)
+            if method == "forkserver":
+                ctx.set_forkserver_preload([__name__])  # imported once by the server, not by every worker
             self.executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                                 initargs=(ctx.Lock(),))
 
     def map(self, fn: Callable, items: list, *args) -> Iterator[tuple[int, object]]:
-        """(start index, fn(items[start:start+chunk], *args)) in order; each result is let go once yielded."""
+        """(start index, fn(items[start:start+chunk], start, *args)) in order; each result is let go once yielded."""
         starts = range(0, len(items), self.chunk)
         if self.executor is None:
             for s in starts:
-                yield s, fn(items[s:s + self.chunk], *args)
+                yield s, fn(items[s:s + self.chunk], s, *args)
             return
-        futures = [self.executor.submit(fn, items[s:s + self.chunk], *args) for s in starts]
+        futures = [self.executor.submit(fn, items[s:s + self.chunk], s, *args) for s in starts]
         for k, s in enumerate(starts):
             result = futures[k].result()
             futures[k] = None  # the future would otherwise keep the chunk's arrays alive until the end
@@ -115,14 +131,13 @@ def read_headers(pool: Pool, paths: list[str], on_bad: Callable[[int, str], None
     return out
 
 
-def decode_into(out: torch.Tensor, pool: Pool, paths: list[str], size: int | None, gray: bool,
-                background: tuple[int, int, int], on_bad: Callable[[int, str], None],
-                progress: bool | None) -> None:
-    """Decode paths[i] into out[i] (uint8 N x C x H x W) on the pool, calling on_bad(i, reason) for bad files."""
-    shape = tuple(out.shape[1:])
+def decode_into(target: tuple[str, int], shape: tuple[int, int, int], pool: Pool, paths: list[str],
+                size: int | None, gray: bool, background: tuple[int, int, int],
+                on_bad: Callable[[int, str], None], progress: bool | None) -> None:
+    """Decode paths[i] into row i (C x H x W = `shape`) of the .npy being built at `target` (cache.Builder),
+    on the pool, calling on_bad(i, reason) for bad files."""
     with bar(len(paths), "decoding images", progress) as b:
-        for start, (arr, bad) in pool.map(_decode_chunk, paths, shape, size, gray, background):
-            out[start:start + len(arr)] = torch.from_numpy(arr)
+        for start, bad in pool.map(_decode_chunk, paths, target, shape, size, gray, background):
             for i, reason in bad:
                 on_bad(start + i, reason)
-            b.update(len(arr))
+            b.update(min(pool.chunk, len(paths) - start))

@@ -9,8 +9,10 @@ from selfsup.data.arrays import load_idx_image_file, load_label_file, load_npy, 
 from selfsup.data.cifar10 import load_cifar10
 from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
-from selfsup.data.folder import EXTENSIONS, FolderOptions, find_images, load_folder
+from selfsup.data.folder import EXTENSIONS, FolderOptions, load_folder
 from selfsup.data.idx import looks_like_idx_images
+from selfsup.data.index import has_images
+from selfsup.data.shards import is_shard_pattern, load_shards
 from selfsup.data.text import TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder, looks_like_text_folder
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
@@ -34,7 +36,8 @@ register_source("digits")(load_digits)
 register_source("fortunes")(load_fortunes)
 register_source("cifar10", "cifar-10")(load_cifar10)
 
-FILES = ("a folder of .png/.jpg/.jpeg images, a directory of MNIST-format IDX files, a .npy or .npz array, "
+FILES = ("a folder of .png/.jpg/.jpeg images, WebDataset .tar shards ('train-{000000..000099}.tar'), "
+         "a directory of MNIST-format IDX files, a .npy or .npz array, "
          "an IDX image file (*-idx3-ubyte[.gz]), a .txt/.tsv text file or a folder of text files")
 _IDX_NAME = re.compile(r"idx3-ubyte(\.gz)?$", re.IGNORECASE)
 # train-images-idx3-ubyte -> train-labels-idx1-ubyte (also the images.idx3 spelling some mirrors use)
@@ -78,6 +81,10 @@ def load_data(src: str, split: str = "train", labels: str | None = None,
         _no_labels_arg(labels, src)
         return SOURCES[key](split)
 
+    if is_shard_pattern(src) and not os.path.isdir(src):  # WebDataset tar shards: one split, as a folder is
+        _no_labels_arg(labels, src)
+        return load_shards(src, folder) if split == "train" else None
+
     path = os.path.abspath(os.path.expanduser(src))
     if not os.path.exists(path):
         raise SelfSupError(f"no such file or directory: {path}")
@@ -87,7 +94,7 @@ def load_data(src: str, split: str = "train", labels: str | None = None,
             return load_mnist_dir(path, split)
         if looks_like_text_folder(path):
             return load_text_folder(path) if split == "train" else None
-        if not find_images(path):
+        if not has_images(path):
             raise SelfSupError(f"no images ({'/'.join(EXTENSIONS)}) or text files ({'/'.join(TEXT_EXTENSIONS)} or "
                                f"no extension) found in folder {path}")
         return load_folder(path, folder) if split == "train" else None  # a folder is one split: nothing to decode for "test"

@@ -131,9 +131,9 @@ def find_text_files(root: str) -> list[str]:
 
 def looks_like_text_folder(root: str) -> bool:
     """A folder of text (no images in it, some text files): decided by file names only."""
-    from selfsup.data.folder import find_images
+    from selfsup.data.index import has_images
 
-    return bool(find_text_files(root)) and not find_images(root)
+    return bool(find_text_files(root)) and not has_images(root)
 
 
 def _label_of(path: str, root: str) -> str:
