@@ -15,7 +15,7 @@ from .distributed import launched_rank
 from .errors import SelfSupError
 from .methods import canonical_name, get_method, load_plugin, methods
 from .methods.hparams import describe_fields, field_sources, field_types
-from .models import BACKBONES
+from .models.backbones import backbone_help
 from .train.optim import OPTIMIZERS
 
 MAIN_JOB = """With no command, selfsup runs the main job: pretrain the default method (SimCLR) on Fashion-MNIST
@@ -75,8 +75,10 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
                                                   "split only (default 4096)")
     g.add_argument("--seq-len", type=int, help="text: token ids per document, truncated and padded (default 64)")
     g.add_argument("--out", help="run directory (default runs/<method>-<data>-<time>)")
-    g.add_argument("--backbone", choices=list(BACKBONES),
-                   help="default: the method's, else resnet18 on GPU and small_cnn on CPU")
+    g.add_argument("--backbone", metavar="NAME",
+                   help=f"one of {backbone_help()} (timm:NAME: any timm model, e.g. timm:resnet18, built with "
+                        "num_classes=0 and the data's channels; pip install 'selfsup[timm]'); default: the "
+                        "method's, else resnet18 on GPU and small_cnn on CPU")
     g = p.add_argument_group("schedule (defaults come from the method and the hardware)")
     g.add_argument("--steps", type=int, help="training budget in optimizer steps, exactly (the last epoch may be "
                                              "partial; default 1400 on CPU, 23400 on GPU)")
