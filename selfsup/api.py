@@ -140,8 +140,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
              temperature: float = 0.1, finetune_epochs: int | None = None, finetune_max_steps: int | None = None,
              device: str = "auto", seed: int = 0, progress: bool | None = None, layer: str = "pooled",
              layer_by: str = "linear", finetune_fractions=None, image_size: int | None = None,
-             skip_bad: bool | None = None, cache: bool | None = None) -> dict:
-    """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md into the run dir.
+             skip_bad: bool | None = None, cache: bool | None = None, plots: bool = True) -> dict:
+    """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md (and with `plots` the
+    pictures of evaluate/plots.py under plots/) into the run dir.
 
     kNN is reported at the fixed protocol (k=200 capped at the smallest class, T=0.1) and with k tuned; the
     linear probe's L2 penalty is tuned; both on a validation split carved from each labelled subset (the same
@@ -186,6 +187,10 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
                   finetune_max_steps=finetune_max_steps, knn_ks=list(KNN_KS), l2_grid=list(L2_GRID),
                   validation="a seeded, class-balanced 20% of each labelled subset",
                   finetune_start=finetune_starts(run.encoder.backbone))
+    if plots:  # the test embeddings' 2-D map and nearest-neighbour grid, at the layer reported
+        from .evaluate.plots import write_plots
+        result["plots"] = write_plots(run_dir, run.encoder.at_layer(result["layer"]), train, test, dev, name,
+                                      result["layer"], seed)["files"]
     md = _markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))

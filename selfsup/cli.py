@@ -147,11 +147,15 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-max-steps", type=int, help="cap on fine-tuning steps per job (default: none)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
     g.add_argument("--layer", default="pooled", help="backbone layer to probe: pooled (default, the backbone's "
-                   "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2), or best: the one "
+                   "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2, timm:NAME the modules of its "
+                   "feature_info, e.g. layer1-4), or best: the one "
                    "whose probe validates best, per label fraction, on a split of that fraction's labels (never the "
                    "test split)")
     g.add_argument("--layer-by", choices=("linear", "knn"), default="linear",
                    help="probe that chooses --layer best (default linear)")
+    g.add_argument("--no-plots", action="store_true",
+                   help="skip RUN_DIR/plots/embedding_map.png (UMAP if umap-learn is installed, else t-SNE, of up to "
+                        "2,000 test embeddings) and the nearest-neighbour grid (neighbours.png, or .md for text)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -257,7 +261,7 @@ def _eval_kwargs(a: argparse.Namespace) -> dict:
     protocols = tuple(p.strip() for p in a.protocols.split(",") if p.strip())
     return dict(fractions=a.fractions, protocols=protocols, baselines=not a.no_baselines, k=a.k,
                 temperature=a.knn_t, finetune_epochs=a.finetune_epochs, finetune_max_steps=a.finetune_max_steps,
-                seed=a.eval_seed, layer=a.layer, layer_by=a.layer_by)
+                seed=a.eval_seed, layer=a.layer, layer_by=a.layer_by, plots=not a.no_plots)
 
 
 def describe_methods(name: str | None = None) -> str:
