@@ -188,11 +188,13 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_folder_args(ev)
     _add_eval_args(ev)
-    em = sub.add_parser("embed", help="write a run's features for a data source to .npy/.npz",
-                        description="Features in input order: .npy (features only) or .npz (features, labels, paths).")
+    em = sub.add_parser("embed", help="write a run's features for a data source to .npy/.npz/.parquet",
+                        description="Features in input order: .npy (features only), .npz (features, labels, paths) "
+                                    "or .parquet (one row a sample: path, label, embedding as a list of floats).")
     em.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
     em.add_argument("--data", required=True, help="data to embed: a built-in name or a path")
-    em.add_argument("--out", required=True, help="output file, .npy or .npz")
+    em.add_argument("--out", required=True, help="output file: .npy (features), .npz (features, labels, paths) or "
+                                                 ".parquet (columns path, label, embedding; needs pyarrow)")
     em.add_argument("--split", default="train", choices=("train", "test"), help="split of a built-in source (default train)")
     em.add_argument("--labels", help="label file for .npy/IDX data")
     em.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if present)")

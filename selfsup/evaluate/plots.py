@@ -96,7 +96,7 @@ def plot_neighbour_grid(path: Path, test_x, test_y, train_x, train_y, queries, n
             ax = axes[r, c]
             _show(ax, train_x[j])
             wrong = int(train_y[j]) != int(test_y[q])
-            ax.set_title(f"{c}: {_class_name(classes, int(train_y[j]))}", fontsize=9, color=WRONG if wrong else "black")
+            ax.set_title(f"#{c}: {_class_name(classes, int(train_y[j]))}", fontsize=9, color=WRONG if wrong else "black")
             for s in ax.spines.values():
                 s.set(edgecolor=WRONG if wrong else "#bbbbbb", linewidth=3 if wrong else 0.8)
     fig.suptitle(title, fontsize=11)
