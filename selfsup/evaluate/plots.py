@@ -68,7 +68,7 @@ def plot_map(path: Path, xy: np.ndarray, labels: np.ndarray, classes, title: str
     colours = matplotlib.colormaps["tab10" if len(ids) <= 10 else "tab20"]
     for i, y in enumerate(ids):
         m = labels == y
-        ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, color=colours(i % colours.N), label=_class_name(classes, int(y)))
+        ax.scatter(xy[m, 0], xy[m, 1], s=max(6.0, min(40.0, 12_000 / len(xy))), alpha=0.7, color=colours(i % colours.N), label=_class_name(classes, int(y)))
     ax.set(title=title, xlabel=f"{projection} 1", ylabel=f"{projection} 2")
     ax.set_xticks([]), ax.set_yticks([])
     if len(ids) <= 20:
