@@ -22,6 +22,7 @@ MAP_POINTS = 2000  # test samples in the 2-D map
 N_QUERIES = 6  # rows of the neighbour grid
 K_NEIGHBOURS = 6  # training neighbours per query
 WRONG = "#d62728"  # a neighbour of another class
+TSNE_MIN = 10  # fewer test points: the map is their first two principal components
 
 
 def nearest_neighbours(train_f: torch.Tensor, query_f: torch.Tensor, k: int) -> torch.Tensor:
@@ -30,8 +31,23 @@ def nearest_neighbours(train_f: torch.Tensor, query_f: torch.Tensor, k: int) -> 
     return sim.topk(min(k, train_f.shape[0]), dim=1).indices
 
 
+def pca_2d(feats: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(N, 2): the first two principal components of the L2-normalised features (t-SNE needs more than a few
+    points; tests use this to keep each eval call fast)."""
+    from sklearn.decomposition import PCA
+    x = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    if len(x) < 2:
+        return np.zeros((len(x), 2)), "PCA"
+    xy = PCA(min(2, *x.shape), random_state=seed).fit_transform(x)
+    return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1]))), "PCA"
+
+
 def project_2d(feats: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
-    """(N, 2) coordinates of (N, D) features and the projection's name: UMAP if installed, else t-SNE."""
+    """(N, 2) coordinates of (N, D) features and the projection's name: UMAP if installed, else t-SNE (500
+    iterations, half scikit-learn's default: 2,000 points in seconds, and the clusters have settled by then);
+    PCA below TSNE_MIN points."""
+    if len(feats) < TSNE_MIN:
+        return pca_2d(feats, seed)
     try:
         import umap  # noqa: F401  (umap-learn)
     except ImportError:
@@ -44,7 +60,7 @@ def project_2d(feats: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
     if x.shape[1] > 50:
         x = PCA(50, random_state=seed).fit_transform(x)
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-    return TSNE(2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x), "t-SNE"
+    return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed).fit_transform(x), "t-SNE"
 
 
 def _figure(w: float, h: float):
