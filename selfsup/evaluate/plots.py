@@ -44,8 +44,8 @@ def pca_2d(feats: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
 
 def project_2d(feats: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
     """(N, 2) coordinates of (N, D) features and the projection's name: UMAP if installed, else t-SNE (500
-    iterations, half scikit-learn's default: 2,000 points in seconds, and the clusters have settled by then);
-    PCA below TSNE_MIN points."""
+    iterations, half scikit-learn's default, for time; the clusters have settled by then); PCA below TSNE_MIN
+    points. benchmarks/eval_plots.py times it."""
     if len(feats) < TSNE_MIN:
         return pca_2d(feats, seed)
     try:
