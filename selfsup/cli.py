@@ -180,7 +180,8 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     _add_pretrain_args(pt, method)
     ev = sub.add_parser("eval", help="evaluate a run's frozen features next to baselines",
                         description="kNN, linear probe and fine-tuning at label fractions, beside the raw input and a "
-                                    "random-init encoder of the same architecture. Prints Markdown; writes eval.json/eval.md.")
+                                    "random-init encoder of the same architecture. Prints Markdown; writes eval.json/eval.md "
+                                    "and plots/ (the test embeddings in 2-D, nearest neighbours).")
     ev.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
     ev.add_argument("--data", help="labelled data to evaluate on (default: the run's data)")
     ev.add_argument("--labels", help="label file for .npy/IDX data")

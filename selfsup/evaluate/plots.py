@@ -135,6 +135,18 @@ def write_neighbour_text(path: Path, test_texts, test_y, train_texts, train_y, q
     path.write_text("\n".join(lines))
 
 
+class _Texts:
+    """A token Dataset's documents by index: its raw texts, else its token ids written out."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __getitem__(self, i: int) -> str:
+        if self.ds.texts is not None:
+            return self.ds.texts[i]
+        return "token ids " + " ".join(str(t) for t in self.ds.x[i].tolist() if t != self.ds.pad_id)
+
+
 def write_plots(run_dir, encoder, train, test, device, name: str, layer: str, seed: int = 0,
                 max_points: int = MAP_POINTS, n_queries: int = N_QUERIES, k: int = K_NEIGHBOURS) -> dict:
     """Write the map and the neighbour grid of `encoder` (at `layer`, named `name` in titles) into
@@ -161,8 +173,8 @@ def write_plots(run_dir, encoder, train, test, device, name: str, layer: str, se
                             queries, nn, classes, title + "; red: another class")
         files.append(out / "neighbours.png")
     else:
-        write_neighbour_text(out / "neighbours.md", test.texts, test_y, train.texts, train_y, queries, nn, classes,
-                             title)
+        write_neighbour_text(out / "neighbours.md", _Texts(test), test_y, _Texts(train), train_y, queries, nn,
+                             classes, title)
         files.append(out / "neighbours.md")
     record = {"projection": projection, "layer": layer, "map_points": len(pick), "seed": seed,
               "queries": queries.tolist(), "neighbours": nn.tolist(), "metric": "cosine"}
