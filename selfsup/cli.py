@@ -147,8 +147,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-max-steps", type=int, help="cap on fine-tuning steps per job (default: none)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
     g.add_argument("--layer", default="pooled", help="backbone layer to probe: pooled (default, the backbone's "
-                   "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2, timm:NAME the modules of its "
-                   "feature_info, e.g. layer1-4), or best: the one "
+                   "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2, timm:NAME the "
+                   "modules of its feature_info, e.g. layer1-4), or best: the one "
                    "whose probe validates best, per label fraction, on a split of that fraction's labels (never the "
                    "test split)")
     g.add_argument("--layer-by", choices=("linear", "knn"), default="linear",
@@ -180,8 +180,8 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     _add_pretrain_args(pt, method)
     ev = sub.add_parser("eval", help="evaluate a run's frozen features next to baselines",
                         description="kNN, linear probe and fine-tuning at label fractions, beside the raw input and a "
-                                    "random-init encoder of the same architecture. Prints Markdown; writes eval.json/eval.md "
-                                    "and plots/ (the test embeddings in 2-D, nearest neighbours).")
+                                    "random-init encoder of the same architecture. Prints Markdown; writes "
+                                    "eval.json/eval.md and plots/ (the test embeddings in 2-D, nearest neighbours).")
     ev.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
     ev.add_argument("--data", help="labelled data to evaluate on (default: the run's data)")
     ev.add_argument("--labels", help="label file for .npy/IDX data")

@@ -91,7 +91,8 @@ def export_config(run: TrainedRun, encoder: Encoder, tied: dict[str, str], has_t
     if isinstance(bb, ResNet):
         stem = "small: conv1 3x3 stride 1, no maxpool" if isinstance(bb.net.maxpool, torch.nn.Identity) \
             else "imagenet: conv1 7x7 stride 2, maxpool 3x3 stride 2"
-    d = {"architecture": getattr(bb, "architecture", cfg.backbone), "num_classes": 0, "num_features": encoder.feature_dim,
+    d = {"architecture": getattr(bb, "architecture", cfg.backbone),  # timm:NAME: timm's own NAME
+         "num_classes": 0, "num_features": encoder.feature_dim,
          "global_pool": "avg" if encoder.layer == "pooled" else None, "feature_layer": encoder.layer}
     if spec.kind == "image":
         d["pretrained_cfg"] = {"input_size": list(spec.shape), "mean": list(encoder.spec.mean),

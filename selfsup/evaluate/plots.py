@@ -82,9 +82,11 @@ def plot_map(path: Path, xy: np.ndarray, labels: np.ndarray, classes, title: str
     ids = np.unique(labels)
     import matplotlib
     colours = matplotlib.colormaps["tab10" if len(ids) <= 10 else "tab20"]
+    size = max(6.0, min(40.0, 12_000 / len(xy)))  # points: larger when there are few
     for i, y in enumerate(ids):
         m = labels == y
-        ax.scatter(xy[m, 0], xy[m, 1], s=max(6.0, min(40.0, 12_000 / len(xy))), alpha=0.7, color=colours(i % colours.N), label=_class_name(classes, int(y)))
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, alpha=0.7, color=colours(i % colours.N),
+                   label=_class_name(classes, int(y)))
     ax.set(title=title, xlabel=f"{projection} 1", ylabel=f"{projection} 2")
     ax.set_xticks([]), ax.set_yticks([])
     if len(ids) <= 20:
@@ -112,7 +114,8 @@ def plot_neighbour_grid(path: Path, test_x, test_y, train_x, train_y, queries, n
             ax = axes[r, c]
             _show(ax, train_x[j])
             wrong = int(train_y[j]) != int(test_y[q])
-            ax.set_title(f"#{c}: {_class_name(classes, int(train_y[j]))}", fontsize=9, color=WRONG if wrong else "black")
+            ax.set_title(f"#{c}: {_class_name(classes, int(train_y[j]))}", fontsize=9,
+                         color=WRONG if wrong else "black")
             for s in ax.spines.values():
                 s.set(edgecolor=WRONG if wrong else "#bbbbbb", linewidth=3 if wrong else 0.8)
     fig.suptitle(title, fontsize=11)
@@ -127,7 +130,8 @@ def write_neighbour_text(path: Path, test_texts, test_y, train_texts, train_y, q
         return t if len(t) <= 200 else t[:199] + "…"
     lines = [f"# {title}", "", "Neighbours of another class than the query's are marked **✗**.", ""]
     for q, row in zip(queries, nn):
-        lines += [f"## Query (test #{q}, class {_class_name(classes, int(test_y[q]))})", "", f"> {cut(test_texts[q])}", ""]
+        lines += [f"## Query (test #{q}, class {_class_name(classes, int(test_y[q]))})", "",
+                  f"> {cut(test_texts[q])}", ""]
         for rank, j in enumerate(row, start=1):
             mark = "" if int(train_y[j]) == int(test_y[q]) else " **✗**"
             lines.append(f"{rank}. [{_class_name(classes, int(train_y[j]))}]{mark} {cut(train_texts[j])}")
