@@ -16,6 +16,7 @@ from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_STEPS, Config, folder_options
 from .data import Dataset, DataSpec, FolderOptions, load_data
 from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
+from .embed_out import check_out_format, write_features
 from .errors import SelfSupError
 from .evaluate import evaluate_encoder, extract_features, format_markdown
 from .evaluate.report import PROTOCOLS, RANDOM_ROW, finetune_starts
@@ -140,8 +141,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
              temperature: float = 0.1, finetune_epochs: int | None = None, finetune_max_steps: int | None = None,
              device: str = "auto", seed: int = 0, progress: bool | None = None, layer: str = "pooled",
              layer_by: str = "linear", finetune_fractions=None, image_size: int | None = None,
-             skip_bad: bool | None = None, cache: bool | None = None) -> dict:
-    """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md into the run dir.
+             skip_bad: bool | None = None, cache: bool | None = None, plots: bool = True) -> dict:
+    """Evaluate a run's encoder next to the baselines; writes eval.json and eval.md (and with `plots` the
+    pictures of evaluate/plots.py under plots/) into the run dir.
 
     kNN is reported at the fixed protocol (k=200 capped at the smallest class, T=0.1) and with k tuned; the
     linear probe's L2 penalty is tuned; both on a validation split carved from each labelled subset (the same
@@ -186,6 +188,10 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
                   finetune_max_steps=finetune_max_steps, knn_ks=list(KNN_KS), l2_grid=list(L2_GRID),
                   validation="a seeded, class-balanced 20% of each labelled subset",
                   finetune_start=finetune_starts(run.encoder.backbone))
+    if plots:  # the test embeddings' 2-D map and nearest-neighbour grid, at the layer reported
+        from .evaluate.plots import write_plots
+        result["plots"] = write_plots(run_dir, run.encoder.at_layer(result["layer"]), train, test, dev, name,
+                                      result["layer"], seed)["files"]
     md = _markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))
@@ -252,7 +258,7 @@ def _check_out_file(out: Path) -> None:
     """embed's --out: a name the OS takes, in a folder that is one (or can be made), not itself a folder."""
     try:
         if out.is_dir():
-            raise SelfSupError(f"--out {out} is a folder; give a file name ending in .npy or .npz")
+            raise SelfSupError(f"--out {out} is a folder; give a file name ending in .npy, .npz or .parquet")
         parent = next((p for p in out.parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise SelfSupError(f"--out {out}: {parent} is a file, not a folder")
@@ -278,14 +284,14 @@ def _embed_layer(run_dir: Path, layer: str) -> str:
 def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "train", labels: str | None = None,
           device: str = "auto", batch_size: int = 1024, layer: str = "pooled", image_size: int | None = None,
           skip_bad: bool | None = None, cache: bool | None = None) -> Path:
-    """Write the encoder's features of every sample of `data`, in input order, to .npy or .npz.
+    """Write the encoder's features of every sample of `data`, in input order, to .npy, .npz or .parquet
+    (by the name of `out`; see embed_out.py).
 
     `layer`: the backbone layer ("pooled" by default; "best": the one `evaluate(..., layer="best")` chose)."""
     out = Path(out)
     if not 1 <= batch_size <= MAX_BATCH:
         raise SelfSupError(f"--batch-size must be an integer in [1, {MAX_BATCH:,}], got {batch_size}")
-    if out.suffix not in (".npy", ".npz"):
-        raise SelfSupError(f"--out must end in .npy (features only) or .npz (features, labels, paths), got {out}")
+    check_out_format(out)
     _check_image_size(image_size)
     _check_out_file(out)
     from .export import is_export
@@ -303,16 +309,7 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
     t0 = time.perf_counter()
     feats = extract_features(encoder.to(dev), samples.x, dev, batch_size=batch_size)
     feats = feats.cpu().numpy().astype(np.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, feats)
-    else:
-        arrays = {"features": feats}
-        if samples.labels is not None:
-            arrays["labels"] = samples.labels.numpy()
-        if samples.paths is not None:
-            arrays["paths"] = np.array(samples.paths, dtype=np.str_)
-        np.savez(out, **arrays)
+    write_features(out, feats, None if samples.labels is None else samples.labels.numpy(), samples.paths)
     print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {out} in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)
     return out

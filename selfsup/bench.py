@@ -31,9 +31,7 @@ from .device import pick_device
 from .errors import SelfSupError
 from .methods import canonical_name, get_method
 from .methods import methods as registered_methods
-from .methods.hparams import nearest
-from .models import BACKBONES
-from .models.backbones import build_backbone
+from .models.backbones import build_backbone, check_backbone
 from .models.layers import POOLED, check_layer
 from .rundir import RunPaths
 from .train.checkpoint import load_checkpoint
@@ -119,9 +117,8 @@ def _check_inputs(names: list[str], data: str, backbone: str | None, threads: in
     """Every input error is a one-line error here, before anything runs or is written (a method that fails
     during its run for a reason of its own is still reported as skipped): the data exists and has labels, each
     method learns from its kind, and each method's recipe resolves (backbone, threads, seed in range)."""
-    if backbone is not None and backbone not in BACKBONES:
-        raise SelfSupError(f"unknown backbone {backbone!r}{nearest(backbone, BACKBONES)}; choose from "
-                           f"{', '.join(BACKBONES)}")
+    if backbone is not None:
+        check_backbone(backbone)
     full = load_data(data, "train")
     if full.labels is None:
         raise SelfSupError(f"{data} has no labels; the bench evaluates every method with labels (class "

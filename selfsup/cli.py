@@ -15,7 +15,7 @@ from .distributed import launched_rank
 from .errors import SelfSupError
 from .methods import canonical_name, get_method, load_plugin, methods
 from .methods.hparams import describe_fields, field_sources, field_types
-from .models import BACKBONES
+from .models.backbones import backbone_help
 from .train.optim import OPTIMIZERS
 
 MAIN_JOB = """With no command, selfsup runs the main job: pretrain the default method (SimCLR) on Fashion-MNIST
@@ -75,8 +75,10 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
                                                   "split only (default 4096)")
     g.add_argument("--seq-len", type=int, help="text: token ids per document, truncated and padded (default 64)")
     g.add_argument("--out", help="run directory (default runs/<method>-<data>-<time>)")
-    g.add_argument("--backbone", choices=list(BACKBONES),
-                   help="default: the method's, else resnet18 on GPU and small_cnn on CPU")
+    g.add_argument("--backbone", metavar="NAME",
+                   help=f"one of {backbone_help()} (timm:NAME: any timm model, e.g. timm:resnet18, built with "
+                        "num_classes=0 and the data's channels; pip install 'selfsup[timm]'); default: the "
+                        "method's, else resnet18 on GPU and small_cnn on CPU")
     g = p.add_argument_group("schedule (defaults come from the method and the hardware)")
     g.add_argument("--steps", type=int, help="training budget in optimizer steps, exactly (the last epoch may be "
                                              "partial; default 1400 on CPU, 23400 on GPU)")
@@ -145,11 +147,15 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-max-steps", type=int, help="cap on fine-tuning steps per job (default: none)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the label subsets and probes (default 0)")
     g.add_argument("--layer", default="pooled", help="backbone layer to probe: pooled (default, the backbone's "
-                   "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2), or best: the one "
+                   "output), a named one (small_cnn block1-4, resnet layer1-4, mlp hidden1-2, timm:NAME the "
+                   "modules of its feature_info, e.g. layer1-4), or best: the one "
                    "whose probe validates best, per label fraction, on a split of that fraction's labels (never the "
                    "test split)")
     g.add_argument("--layer-by", choices=("linear", "knn"), default="linear",
                    help="probe that chooses --layer best (default linear)")
+    g.add_argument("--no-plots", action="store_true",
+                   help="skip RUN_DIR/plots/embedding_map.png (UMAP if umap-learn is installed, else t-SNE, of up to "
+                        "2,000 test embeddings) and the nearest-neighbour grid (neighbours.png, or .md for text)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -174,7 +180,8 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     _add_pretrain_args(pt, method)
     ev = sub.add_parser("eval", help="evaluate a run's frozen features next to baselines",
                         description="kNN, linear probe and fine-tuning at label fractions, beside the raw input and a "
-                                    "random-init encoder of the same architecture. Prints Markdown; writes eval.json/eval.md.")
+                                    "random-init encoder of the same architecture. Prints Markdown; writes "
+                                    "eval.json/eval.md and plots/ (the test embeddings in 2-D, nearest neighbours).")
     ev.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
     ev.add_argument("--data", help="labelled data to evaluate on (default: the run's data)")
     ev.add_argument("--labels", help="label file for .npy/IDX data")
@@ -182,11 +189,13 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_folder_args(ev)
     _add_eval_args(ev)
-    em = sub.add_parser("embed", help="write a run's features for a data source to .npy/.npz",
-                        description="Features in input order: .npy (features only) or .npz (features, labels, paths).")
+    em = sub.add_parser("embed", help="write a run's features for a data source to .npy/.npz/.parquet",
+                        description="Features in input order: .npy (features only), .npz (features, labels, paths) "
+                                    "or .parquet (one row a sample: path, label, embedding as a list of floats).")
     em.add_argument("run_dir", help="a run directory made by 'selfsup pretrain'")
     em.add_argument("--data", required=True, help="data to embed: a built-in name or a path")
-    em.add_argument("--out", required=True, help="output file, .npy or .npz")
+    em.add_argument("--out", required=True, help="output file: .npy (features), .npz (features, labels, paths) or "
+                                                 ".parquet (columns path, label, embedding; needs pyarrow)")
     em.add_argument("--split", default="train", choices=("train", "test"), help="split of a built-in source (default train)")
     em.add_argument("--labels", help="label file for .npy/IDX data")
     em.add_argument("--device", default="auto", help="cpu, cuda ... (default: cuda if present)")
@@ -255,7 +264,7 @@ def _eval_kwargs(a: argparse.Namespace) -> dict:
     protocols = tuple(p.strip() for p in a.protocols.split(",") if p.strip())
     return dict(fractions=a.fractions, protocols=protocols, baselines=not a.no_baselines, k=a.k,
                 temperature=a.knn_t, finetune_epochs=a.finetune_epochs, finetune_max_steps=a.finetune_max_steps,
-                seed=a.eval_seed, layer=a.layer, layer_by=a.layer_by)
+                seed=a.eval_seed, layer=a.layer, layer_by=a.layer_by, plots=not a.no_plots)
 
 
 def describe_methods(name: str | None = None) -> str:

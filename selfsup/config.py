@@ -14,6 +14,7 @@ from .data.folder import FolderOptions
 from .errors import SelfSupError
 from .methods import get_method
 from .methods.hparams import hparams_to_dict, nearest, parse_hparams
+from .models.backbones import check_backbone
 from .train.optim import OPTIMIZERS, scaled_lr
 
 # Recipes fitted to the hardware, with a training budget in optimizer steps (epochs follow from the data size).
@@ -128,6 +129,8 @@ def resolve(cfg: Config, device_type: str, n: int | None = None) -> Config:
     partial where the steps end inside it. A resolved config (both set, consistent) resolves to itself.
     """
     validate(cfg)
+    if cfg.backbone is not None:
+        check_backbone(cfg.backbone)  # a one-line error for a name no registry knows (timm:NAME asks timm)
     cls = get_method(cfg.method)
     hw = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
     hw = {**hw, **cls.hardware_defaults.get("cuda" if device_type == "cuda" else "cpu", {})}

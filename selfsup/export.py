@@ -31,9 +31,10 @@ def param_prefix(backbone: torch.nn.Module) -> str:
 
     ResNet wraps torchvision's model as `.net`: without "net." the names are torchvision's, so
     `torchvision.models.resnet18()` (with the stem config.json names and fc = Identity) loads them strictly.
+    A backbone may declare its own `export_prefix` (timm:NAME: "net.", leaving timm's names).
     Names are mapped as whole prefixes (str.removeprefix), never character sets (lstrip).
     """
-    return "net." if isinstance(backbone, ResNet) else ""
+    return "net." if isinstance(backbone, ResNet) else getattr(backbone, "export_prefix", "")
 
 
 def backbone_tensors(backbone: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -90,7 +91,8 @@ def export_config(run: TrainedRun, encoder: Encoder, tied: dict[str, str], has_t
     if isinstance(bb, ResNet):
         stem = "small: conv1 3x3 stride 1, no maxpool" if isinstance(bb.net.maxpool, torch.nn.Identity) \
             else "imagenet: conv1 7x7 stride 2, maxpool 3x3 stride 2"
-    d = {"architecture": cfg.backbone, "num_classes": 0, "num_features": encoder.feature_dim,
+    d = {"architecture": getattr(bb, "architecture", cfg.backbone),  # timm:NAME: timm's own NAME
+         "num_classes": 0, "num_features": encoder.feature_dim,
          "global_pool": "avg" if encoder.layer == "pooled" else None, "feature_layer": encoder.layer}
     if spec.kind == "image":
         d["pretrained_cfg"] = {"input_size": list(spec.shape), "mean": list(encoder.spec.mean),
@@ -98,6 +100,8 @@ def export_config(run: TrainedRun, encoder: Encoder, tied: dict[str, str], has_t
                                "crop_mode": "center", "in_chans": spec.shape[0]}
         if stem:
             d["stem"] = stem
+        if hasattr(bb, "model_args"):  # timm: create_model(architecture, pretrained=False, num_classes=0, **model_args)
+            d["model_args"] = dict(bb.model_args)
     else:
         d["pretrained_cfg"] = {"seq_len": spec.shape[0], "vocab_size": spec.vocab_size, "pad_id": spec.pad_id,
                                "tokenizer_file": TOKENIZER_FILE}

@@ -17,6 +17,15 @@ def _cpu_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _fast_eval_maps(request, monkeypatch):
+    """`selfsup eval` draws plots/ by default, and t-SNE takes seconds a call: tests other than test_plots.py
+    draw the map from two principal components instead (every file is still written)."""
+    if request.module.__name__ != "test_plots":
+        from selfsup.evaluate import plots
+        monkeypatch.setattr(plots, "project_2d", plots.pca_2d)
+
+
 class Interrupted(Exception):
     """Raised after an epoch, as a crash or Ctrl-C would stop a run."""
 

@@ -20,6 +20,9 @@ from ..errors import SelfSupError
 
 # name -> (builder(spec) -> module, data kinds it takes)
 BACKBONES: dict[str, tuple[Callable[[DataSpec], nn.Module], tuple[str, ...]]] = {}
+# prefix -> (builder(name, spec) -> module, check(name) -> name or a one-line error): `--backbone PREFIX:NAME`,
+# a model of another library (timm: models/timm_backbone.py), images only
+BACKBONE_FAMILIES: dict[str, tuple[Callable[[str, DataSpec], nn.Module], Callable[[str], str]]] = {}
 
 
 def register_backbone(name: str, kinds: tuple[str, ...] = ("image",)):
@@ -30,12 +33,39 @@ def register_backbone(name: str, kinds: tuple[str, ...] = ("image",)):
     return deco
 
 
+def register_backbone_family(prefix: str, builder: Callable[[str, DataSpec], nn.Module],
+                             check: Callable[[str], str]) -> None:
+    """Make `builder(NAME, spec)` available as `--backbone PREFIX:NAME`; `check(NAME)` refuses unknown names."""
+    BACKBONE_FAMILIES[prefix] = (builder, check)
+
+
+def backbone_help() -> str:
+    """The --backbone choices in words."""
+    return ", ".join([*BACKBONES, *(f"{p}:NAME" for p in BACKBONE_FAMILIES)])
+
+
+def check_backbone(name: str) -> str:
+    """`name` if it names a backbone (a registered one, or PREFIX:NAME of a family that knows NAME), else a
+    one-line error; builds nothing."""
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in BACKBONE_FAMILIES:
+        BACKBONE_FAMILIES[prefix][1](rest)
+    elif name not in BACKBONES:
+        from ..methods.hparams import nearest
+        raise SelfSupError(f"unknown backbone {name!r}{nearest(name, BACKBONES)}; choose from {backbone_help()}")
+    return name
+
+
 def build_backbone(name: str, spec: DataSpec | tuple) -> nn.Module:
     """Build a backbone by name for the data `spec` (a (C, H, W) tuple means images of that shape)."""
     if not isinstance(spec, DataSpec):
         spec = image_spec(spec)
-    if name not in BACKBONES:
-        raise SelfSupError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    check_backbone(name)
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in BACKBONE_FAMILIES:
+        if spec.kind != "image":
+            raise SelfSupError(f"backbone {name} takes image data, not {spec.kind}")
+        return BACKBONE_FAMILIES[prefix][0](rest, spec)
     builder, kinds = BACKBONES[name]
     if spec.kind not in kinds:
         raise SelfSupError(f"backbone {name} takes {' or '.join(kinds)} data, not {spec.kind}")
