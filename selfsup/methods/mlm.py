@@ -42,7 +42,8 @@ class MLMHead(nn.Module):
 
 @register
 class MLM(Method):
-    """A Transformer encoder + a tied MLM head; the loss is cross-entropy on the 15% of tokens selected.
+    """A Transformer encoder + a tied MLM head; the loss is cross-entropy on the selected tokens (`mask_p` of
+    them: single tokens, whole words or spans, `masking`), a step's documents packed end to end (`packing`).
 
     As BERT: [UNK] is selected like any word, and the global gradient norm is clipped at 1.0 (`grad_clip`, the
     reference code's clip_by_global_norm). Each setting's source: `selfsup methods mlm`.

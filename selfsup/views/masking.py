@@ -1,4 +1,5 @@
-"""BERT's token masking (Devlin et al. 2019, section 3.1) as a deterministic op plus a `random_*` sampler.
+"""BERT's token masking (Devlin et al. 2019, section 3.1) as a deterministic op plus a `random_*` sampler; whole-word
+and span masking (SpanBERT) as a second sampler, `unit_mask_params`, of the same op's parameters.
 
 Of the maskable tokens (not special, not padding) each is selected with probability `p` (15%); a selected
 token becomes [MASK] with probability 0.8, a random non-special token with 0.1, and stays unchanged with 0.1.
