@@ -91,6 +91,10 @@ def test_cli_repeats_data_and_evaluates_on_the_labelled_source(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "mlm (ours)" in out and "24 samples set aside" in out
     assert main(["eval", str(run), "--data", str(book), "--no-progress"]) == 2  # unlabelled: nothing to evaluate
+    resumed = open_run(Config(out=str(run), epochs=1), resume=True, device=torch.device("cpu"))  # same union
+    resumed.lock.release()
+    test = load_eval_splits(str(fort), seed=0, run=RunPaths(run))[1]
+    assert len(resumed.train) == 120 + 96 and not set(resumed.train.texts) & set(test.texts)
     assert main(base + ["--data", str(fort), "--out", str(tmp_path / "one")]) == 0
     assert yaml.safe_load((tmp_path / "one" / "config.yaml").read_text())["data"] == str(fort)  # one stays a str
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
