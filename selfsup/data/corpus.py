@@ -19,12 +19,14 @@ from selfsup.errors import SelfSupError
 
 @dataclass
 class Part:
-    """One source of a union: its name as given, where its documents start in the union, how many, its labels."""
+    """One source of a union: its name as given, where its documents start in the union, how many, its labels,
+    and whether it has a test split of its own (then evaluation tests on that, and nothing is held out)."""
 
     data: str
     start: int
     n: int
     labels: torch.Tensor | None
+    own_test: bool = False
 
     def to_dict(self) -> dict:
         return dict(data=self.data, start=self.start, n=self.n, labelled=self.labels is not None)
@@ -35,11 +37,13 @@ def sources_of(data: str | list[str] | tuple[str, ...]) -> list[str]:
     return [data] if isinstance(data, str) else list(data)
 
 
-def load_union(srcs: list[str], split: str = "train") -> tuple[Dataset | None, list[Part]]:
+def load_union(srcs: list[str], split: str = "train", labels: str | None = None) -> tuple[Dataset | None, list[Part]]:
     """The documents of every text source in `srcs`, concatenated in order (labels dropped: the union is for
-    pretraining), and each source's Part; (None, []) for the "test" split, which text sources do not have."""
+    pretraining), and each source's Part; (None, []) for the "test" split: evaluation tests on one source."""
     from selfsup.data.sources import load_data
 
+    if labels:
+        raise SelfSupError("--labels cannot be given with several --data sources (text carries its own labels)")
     if split != "train":
         return None, []
     if len(set(srcs)) != len(srcs):
@@ -50,7 +54,7 @@ def load_union(srcs: list[str], split: str = "train") -> tuple[Dataset | None, l
         if d.kind != "text":
             raise SelfSupError(f"several --data sources are joined for text pretraining only; {src} holds "
                                f"{d.kind} data")
-        parts.append(Part(src, len(texts), len(d), d.labels))
+        parts.append(Part(src, len(texts), len(d), d.labels, own_test=load_data(src, "test") is not None))
         texts += d.texts
         paths += d.paths or [f"{src}#{i}" for i in range(len(d))]
     union = Dataset(torch.zeros(len(texts), 0, dtype=torch.long), None, paths=paths, name="+".join(srcs),
@@ -64,13 +68,14 @@ def union_holdout(parts: list[Part], fraction: float, seed: int) -> torch.Tensor
 
     if fraction == 0:
         return None
-    held = [holdout_indices(p.labels, p.n, fraction, seed) + p.start for p in parts if p.labels is not None]
+    held = [holdout_indices(p.labels, p.n, fraction, seed) + p.start for p in parts
+            if p.labels is not None and not p.own_test]
     return torch.cat(held).sort().values if held else None
 
 
 def union_note(parts: list[Part], index: torch.Tensor | None) -> str:
     """Where evaluation's test data comes from, for the recipe printed at the start."""
-    labelled = [p.data for p in parts if p.labels is not None]
+    labelled = [p.data for p in parts if p.labels is not None and not p.own_test]
     if index is None:
         return "none: pretrained on every document (--holdout 0 or no labelled source)"
     return (f"{len(index)} documents of {', '.join(labelled)} (seeded, stratified) held out before pretraining; "

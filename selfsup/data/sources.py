@@ -75,8 +75,7 @@ def load_data(src: str | list[str], split: str = "train", labels: str | None = N
         if len(src) != 1:
             from selfsup.data.corpus import load_union
 
-            _no_labels_arg(labels, "several sources")
-            return load_union(list(src), split)[0]
+            return load_union(list(src), split, labels)[0]
         src = src[0]
     if split not in SPLITS:
         raise SelfSupError(f"unknown split {split!r}: expected 'train' or 'test'")

@@ -105,7 +105,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     if train is not None:
         full, index, data, note = train, None, train, "given by the caller, used whole"
     elif len(sources_of(cfg.data)) > 1:  # several text sources: each labelled one's holdout set aside (corpus.py)
-        full, parts = load_union(sources_of(cfg.data))
+        full, parts = load_union(sources_of(cfg.data), labels=cfg.labels)
         index, extra = union_holdout(parts, cfg.holdout, cfg.seed), holdout_record(parts)
         data, note = without_holdout(cfg, full, index, own_test=False)[0], union_note(parts, index)
     else:
