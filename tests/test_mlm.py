@@ -96,7 +96,7 @@ def train_mlm(backbone: TransformerEncoder, ids, steps=300, seed=0, lr=3e-3):
     """Train MLM on `ids` with the method's own make_batch/forward; masked accuracy on fresh masks after."""
     torch.manual_seed(seed)
     spec = DataSpec("tokens", (ids.shape[1],), vocab_size=NUM_SPECIAL + K, pad_id=PAD_ID)
-    method = MLM(spec, MLM.Hparams(), "transformer_tiny")
+    method = MLM(spec, MLM.Hparams(mask_p=0.15, masking="token"), "transformer_tiny")  # BERT's; packed (default)
     method.backbone = backbone
     opt = torch.optim.AdamW(method.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
