@@ -116,9 +116,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=30, help="timed steps per model")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    ap.add_argument("--masking", default="token", choices=("token", "whole_word", "span"))
-    ap.add_argument("--mask-p", type=float, default=0.15)
-    ap.add_argument("--packing", default="documents", choices=("none", "documents", "full_sentences"))
+    defaults = MLM.Hparams()  # MLM's own defaults unless given
+    ap.add_argument("--masking", default=defaults.masking, choices=("token", "whole_word", "span"))
+    ap.add_argument("--mask-p", type=float, default=defaults.mask_p)
+    ap.add_argument("--packing", default=defaults.packing, choices=("none", "documents", "full_sentences"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both (the GPU default of selfsup)")
     ap.add_argument("--threads", type=int, default=None)
