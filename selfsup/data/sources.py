@@ -11,7 +11,8 @@ from selfsup.data.digits import load_digits
 from selfsup.data.fashion_mnist import find_mnist_files, load_fashion_mnist, load_mnist_dir
 from selfsup.data.folder import EXTENSIONS, FolderOptions, find_images, load_folder
 from selfsup.data.idx import looks_like_idx_images
-from selfsup.data.text import COMPRESSED, TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder, looks_like_text_folder
+from selfsup.data.text import (COMPRESSED, TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder,
+                               looks_like_text_folder)
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
@@ -116,7 +117,8 @@ def _file_loader(path: str):
         return load_npz
     if _IDX_NAME.search(lower) or looks_like_idx_images(path):
         return load_idx_images
-    if lower.endswith(TEXT_EXTENSIONS + COMPRESSED) or not os.path.splitext(lower)[1]:  # fortunes: no extension
+    # fortune files have no extension; .gz/.dz: gzip-compressed text (IDX files were recognised above)
+    if lower.endswith(TEXT_EXTENSIONS + COMPRESSED) or not os.path.splitext(lower)[1]:
         return load_text_file
     names = ", ".join(repr(n) for n in SOURCES)
     raise SelfSupError(f"unsupported data source: {path} (supported: {names}, {FILES})")

@@ -69,8 +69,9 @@ class MLM(Method):
                                        "(sec. 3.1); measured here on fortunes, 400 steps, 2 seeds: linear probe at "
                                        "10% labels +2.3 points over 15% (README, Text)")
         masking: Literal["token", "whole_word", "span"] = setting(
-            "whole_word", "what is selected: single tokens (each with probability mask_p), whole words (every WordPiece "
-                     "of a word), or spans of whole words; words and spans until mask_p of the tokens are selected",
+            "whole_word", "what is selected: single tokens (each with probability mask_p), whole words (every "
+                          "WordPiece of a word), or spans of whole words; words and spans until mask_p of the "
+                          "tokens are selected",
             source=f"token: {BERT}, sec. 3.1; whole_word: BERT's reference code (google-research/bert, "
                    f"--do_whole_word_mask); span: {SPANBERT}. Default measured on fortunes at 40%, 2 seeds: "
                    "whole_word's kNN +1.6 (k=200) and +2.0 (tuned) points over token, linear -0.3 (README, Text)")
