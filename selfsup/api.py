@@ -14,6 +14,7 @@ import torch
 
 from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_STEPS, Config, folder_options
 from .data import Dataset, DataSpec, FolderOptions, load_data
+from .data.corpus import sources_of
 from .data.tokenize import as_tokens, run_tokenizer
 from .device import pick_device
 from .embed_out import check_out_format, write_features
@@ -78,7 +79,7 @@ def load_eval_splits(src: str, labels: str | None = None, seed: int = 0, run: Ru
     test = load_data(src, "test", labels=labels)
     if run is None or (test is not None and test.labels is not None):
         return eval_splits(train, test, seed)
-    index = load_holdout(run, len(train))
+    index = load_holdout(run, len(train), src, _same_source)  # a union's part: that source's own holdout
     if index is None:
         raise SelfSupError(f"{run.root} was pretrained on every sample of {src} (no holdout), so none of them can "
                            "test it: evaluate on other labelled data (--data), or pretrain with --holdout 0.2")
@@ -86,7 +87,10 @@ def load_eval_splits(src: str, labels: str | None = None, seed: int = 0, run: Ru
     return train.subset(complement(len(train), index)), train.subset(index), note
 
 
-def _same_source(a: str, b: str) -> bool:
+def _same_source(a: str, b: str | list[str]) -> bool:
+    """Whether source `a` is `b`, or one of the sources `b` lists (a run pretrained on several)."""
+    if not isinstance(b, str):
+        return any(_same_source(a, one) for one in b)
     return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
@@ -161,7 +165,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     if layer != "best":
         run.encoder.at_layer(layer)  # an unknown layer is refused before any data is read
     dev = pick_device(device)
-    src = data or run.config.data
+    src = data or sources_of(run.config.data)[0]  # several sources: the first, unless --data names another
     own = _same_source(src, run.config.data)
     folder = run_folder_options(run, own, progress, image_size=image_size, skip_bad=skip_bad, cache=cache)
     train, test, split_note = load_eval_splits(src, labels or (run.config.labels if own else None), seed,

@@ -66,8 +66,10 @@ def _add_method_flags(p: argparse.ArgumentParser, method: str) -> None:
 def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--method", help=f"pretext task: {', '.join(methods())} (default simclr; details: selfsup methods)")
-    g.add_argument("--data", help="'fashion-mnist' (default), 'digits', 'fortunes' (text), a folder of PNG/JPEG, a "
-                                  ".npy/.npz array, an IDX file, a .txt/.tsv file or a folder of text files")
+    g.add_argument("--data", action="append",
+                   help="'fashion-mnist' (default), 'digits', 'fortunes' (text), a folder of PNG/JPEG, a .npy/.npz "
+                        "array, an IDX file, a .txt/.tsv file (or .gz/.dz) or a folder of text files. Text: repeat "
+                        "to pretrain on the union of several sources (each labelled one's holdout kept out)")
     g.add_argument("--labels", help="label file (.npy or IDX) for .npy/IDX images; used only by the kNN monitor")
     g.add_argument("--holdout", type=float, help="for a source without a test split: the fraction set aside, before "
                                                  "pretraining, to test on (default 0.2; 0: pretrain on everything)")
@@ -244,6 +246,8 @@ def _method_args(a: argparse.Namespace) -> dict:
 
 def _config_from_args(a: argparse.Namespace) -> Config:
     given = {k: getattr(a, k) for k in CONFIG_FLAGS if getattr(a, k) is not None}
+    if len(given.get("data", ())) == 1:  # --data is repeatable; one source stays a string in config.yaml
+        given["data"] = given["data"][0]
     method_args = _method_args(a)
     if a.resume:  # flags that differ from the saved run (all given ones when there is none to compare with)
         saved = Path(a.out or ".") / "config.yaml"

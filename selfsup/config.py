@@ -47,7 +47,7 @@ class Config:
     """
 
     method: str = "simclr"
-    data: str = "fashion-mnist"
+    data: str | list[str] = "fashion-mnist"  # a list: several text sources pretrained on together
     labels: str | None = None
     out: str | None = None
     epochs: int | None = None

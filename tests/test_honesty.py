@@ -123,7 +123,8 @@ def one_line_error(capsys, argv) -> str:
 @pytest.mark.parametrize("flags,message", BAD_PRETRAIN, ids=[" ".join(f) for f, _ in BAD_PRETRAIN])
 def test_bad_pretrain_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "run"
-    argv = ["pretrain", "--data", "digits", "--out", str(out), "--device", "cpu", *flags]
+    data = [] if "--data" in flags else ["--data", "digits"]  # --data repeated is a union of text sources
+    argv = ["pretrain", *data, "--out", str(out), "--device", "cpu", *flags]
     assert message in one_line_error(capsys, argv)
     assert not out.exists()
 

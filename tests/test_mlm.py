@@ -96,7 +96,7 @@ def train_mlm(backbone: TransformerEncoder, ids, steps=300, seed=0, lr=3e-3):
     """Train MLM on `ids` with the method's own make_batch/forward; masked accuracy on fresh masks after."""
     torch.manual_seed(seed)
     spec = DataSpec("tokens", (ids.shape[1],), vocab_size=NUM_SPECIAL + K, pad_id=PAD_ID)
-    method = MLM(spec, MLM.Hparams(), "transformer_tiny")
+    method = MLM(spec, MLM.Hparams(mask_p=0.15, masking="token"), "transformer_tiny")  # BERT's; packed (default)
     method.backbone = backbone
     opt = torch.optim.AdamW(method.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
@@ -227,8 +227,9 @@ def test_mlm_selects_unk_like_any_word_and_never_the_other_specials():
     never are, and a selected token becomes [MASK] or a word or [UNK], never another special token."""
     ids = token_batch()
     spec = DataSpec("tokens", (ids.shape[1],), vocab_size=VOCAB, pad_id=PAD_ID)
-    method = MLM(spec, MLM.Hparams(), "transformer_tiny")
+    method = MLM(spec, MLM.Hparams(mask_p=0.15, masking="token", packing="none"), "transformer_tiny")
     g = torch.Generator().manual_seed(0)
+    assert (ids[:, -1] != PAD_ID).any()  # some row is full: the unpacked batch keeps every column
     unk = ids == UNK_ID
     never = ids < UNK_ID  # [PAD] [CLS] [SEP] [MASK]
     n_unk = n_unk_selected = 0

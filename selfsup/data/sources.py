@@ -13,7 +13,8 @@ from selfsup.data.folder import EXTENSIONS, FolderOptions, load_folder
 from selfsup.data.idx import looks_like_idx_images
 from selfsup.data.index import has_images
 from selfsup.data.shards import is_shard_pattern, load_shards
-from selfsup.data.text import TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder, looks_like_text_folder
+from selfsup.data.text import (COMPRESSED, TEXT_EXTENSIONS, load_fortunes, load_text_file, load_text_folder,
+                               looks_like_text_folder)
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
@@ -67,12 +68,19 @@ def load_idx_images(path: str, labels: str | None = None) -> Dataset:
     return Dataset(images, y, name=path)
 
 
-def load_data(src: str, split: str = "train", labels: str | None = None,
+def load_data(src: str | list[str], split: str = "train", labels: str | None = None,
               folder: FolderOptions | None = None) -> Dataset | None:
     """Decode SRC's `split` to CPU tensors; None for "test" when the source has no separate test split.
 
     `folder`: how an image folder is decoded (size, background, bad files, cache); other sources ignore it.
+    A list of several text sources is their union (selfsup.data.corpus); a list of one is that source.
     """
+    if not isinstance(src, (str, os.PathLike)):
+        if len(src) != 1:
+            from selfsup.data.corpus import load_union
+
+            return load_union(list(src), split, labels)[0]
+        src = src[0]
     if split not in SPLITS:
         raise SelfSupError(f"unknown split {split!r}: expected 'train' or 'test'")
     src = os.fspath(src)
@@ -116,7 +124,8 @@ def _file_loader(path: str):
         return load_npz
     if _IDX_NAME.search(lower) or looks_like_idx_images(path):
         return load_idx_images
-    if lower.endswith(TEXT_EXTENSIONS) or not os.path.splitext(lower)[1]:  # fortune files have no extension
+    # fortune files have no extension; .gz/.dz: gzip-compressed text (IDX files were recognised above)
+    if lower.endswith(TEXT_EXTENSIONS + COMPRESSED) or not os.path.splitext(lower)[1]:
         return load_text_file
     names = ", ".join(repr(n) for n in SOURCES)
     raise SelfSupError(f"unsupported data source: {path} (supported: {names}, {FILES})")

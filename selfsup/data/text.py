@@ -5,6 +5,7 @@ an empty (N, 0) `x` until a run's tokenizer turns them into token ids (see selfs
 """
 from __future__ import annotations
 
+import gzip
 import os
 
 import torch
@@ -13,6 +14,7 @@ from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
 TEXT_EXTENSIONS = (".txt", ".text", ".tsv")
+COMPRESSED = (".gz", ".dz")  # gzip-compressed text: jargon.txt.gz, dictd's gcide.dict.dz (gzip-compatible)
 SKIP_SUFFIXES = (".dat", ".u8")  # strfile's index files, and fortune's .u8 symlinks to the same text
 FORTUNES_DIR = "/usr/share/games/fortunes"
 # The built-in `fortunes` task: every category file of Debian's `fortunes` package with at least 200 entries,
@@ -32,6 +34,11 @@ def decode_utf8(path: str) -> str:
             raw = f.read()
     except OSError as e:
         raise SelfSupError(f"cannot read {path}: {e.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the extension
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise SelfSupError(f"{path} is not valid gzip: {e}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -106,7 +113,7 @@ def load_text_file(path: str, labels: str | None = None) -> Dataset:
     """A single .txt/.tsv (or extension-less) file; TSV rows carry their labels, other files have none."""
     if labels:
         raise SelfSupError(f"a labels file cannot be given with a text source ({path}); use label<TAB>text rows")
-    if path.lower().endswith(".tsv"):
+    if path.lower().endswith((".tsv", ".tsv.gz")):
         names, texts = read_tsv(path)
         return text_dataset(texts, names, path, [f"{path}:{i}" for i in range(len(texts))])
     texts = split_documents(decode_utf8(path))

@@ -91,7 +91,13 @@ def as_tokens(data: Dataset | None, tok) -> Dataset | None:
     if tok is None:
         raise SelfSupError(f"{data.name} holds text, but the run was not trained on text (it has no {FILENAME})")
     return dataclasses.replace(data, x=encode(tok, data.texts), kind="tokens", vocab_size=tok.get_vocab_size(),
-                               pad_id=PAD_ID)
+                               pad_id=PAD_ID, continuation_ids=continuation_ids(tok))
+
+
+def continuation_ids(tok) -> tuple[int, ...]:
+    """The ids of WordPiece's word continuations ("##ing"): whole-word and span masking keep them with their word."""
+    prefix = tok.model.continuing_subword_prefix
+    return tuple(sorted(i for t, i in tok.get_vocab().items() if t.startswith(prefix) and len(t) > len(prefix)))
 
 
 def fit_for(data: Dataset, vocab_size: int, seq_len: int):

@@ -29,6 +29,7 @@ class Dataset:
     vocab_size: int | None = None  # tokens only
     pad_id: int = 0  # tokens only
     texts: list[str] | None = None  # text and tokens from text: one raw document per sample
+    continuation_ids: tuple[int, ...] = ()  # tokens from text: the ids that continue a word (WordPiece's ##...)
     skipped: list[str] | None = None
 
     def __len__(self) -> int:
@@ -71,7 +72,8 @@ class DataSpec:
     """What a model, its view recipes and evaluation need to know about the data; saved in every checkpoint.
 
     image: shape (C, H, W) and the training split's per-channel mean and std in [0, 1] units (for normalising).
-    tokens: shape (L,), the vocabulary size and the padding id.
+    tokens: shape (L,), the vocabulary size, the padding id, and the ids that continue a word (WordPiece's
+    "##" pieces, for whole-word masking; empty for runs saved before it existed: every token is then a word).
     """
 
     kind: str
@@ -80,6 +82,7 @@ class DataSpec:
     std: tuple[float, ...] = ()
     vocab_size: int = 0
     pad_id: int = 0
+    continuation_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -87,6 +90,7 @@ class DataSpec:
         object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "continuation_ids", tuple(int(v) for v in self.continuation_ids))
 
     def with_channels(self, channels: int, mean=None, std=None) -> "DataSpec":
         """The same images with another channel count (e.g. the 1-channel L input of colorization)."""
@@ -125,7 +129,8 @@ def spec_of(data: Dataset) -> DataSpec:
         raise ValueError("text must be tokenized (selfsup.data.tokenize) before it has a spec")
     if data.x.dim() != 2 or data.x.dtype != torch.long or not data.vocab_size:
         raise ValueError("token data must be int64 (N, L) with a vocab_size")
-    return DataSpec("tokens", tuple(data.x.shape[1:]), vocab_size=int(data.vocab_size), pad_id=int(data.pad_id))
+    return DataSpec("tokens", tuple(data.x.shape[1:]), vocab_size=int(data.vocab_size), pad_id=int(data.pad_id),
+                    continuation_ids=data.continuation_ids)
 
 
 @torch.no_grad()

@@ -83,6 +83,9 @@ class Method(nn.Module):
     # Largest global gradient norm (torch.nn.utils.clip_grad_norm_ after backward, before the optimizer step);
     # None: no clipping. A method may set it per instance from its settings (MLM: BERT's 1.0).
     grad_clip: float | None = None
+    # A log that counts what a step learns from (MLM: "tokens", the real ones): the loop adds its rate per second
+    # over every process, as "<log>_per_s", to each epoch's record in metrics.jsonl. None: samples/s only.
+    counted_log: ClassVar[str | None] = None
 
     def __init__(self, spec: DataSpec, hp, backbone: str):
         """Build ``self.backbone`` (named `backbone`) for ``encoder_spec(spec)``; subclasses then add their heads."""

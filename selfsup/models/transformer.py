@@ -31,7 +31,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """x: B x L x D; keep: B x 1 x 1 x L bool, True where a key may be attended to (not padding)."""
+        """x: B x L x D; keep: B x 1 x 1 x L (or B x 1 x L x L) bool, True where a key may be attended to (not
+        padding; with packed documents, the query's own document)."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # a: B x heads x L x D/heads
@@ -65,11 +66,21 @@ class TransformerEncoder(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """ids: B x L int64 -> tokens (B x L x D, final-normed), pooled (B x D), keep (B x L, not padding)."""
+    def forward_features(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
+                         segments: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """ids: B x L int64 -> tokens (B x L x D, final-normed), pooled (B x D), keep (B x L, not padding).
+
+        Packed rows (selfsup.views.packing) also pass `positions` (B x L, the position embedding each token
+        takes) and `segments` (B x L): a token then attends only to tokens of its own segment (padding to
+        padding, so no query row is all masked). Pooling is for unpacked rows (one document each).
+        """
         keep = ids != self.pad_id  # keep: B x L
-        x = self.tok(ids) + self.pos[:, :ids.shape[1]]
-        mask = keep[:, None, None, :]  # every row keeps its [CLS], so no query sees an all-masked row
+        pos = self.pos[:, :ids.shape[1]] if positions is None else self.pos[0, positions]  # pos: (1|B) x L x D
+        x = self.tok(ids) + pos
+        if segments is None:
+            mask = keep[:, None, None, :]  # every row keeps its [CLS], so no query sees an all-masked row
+        else:
+            mask = (segments[:, :, None] == segments[:, None, :])[:, None]  # mask: B x 1 x L x L
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)

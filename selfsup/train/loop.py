@@ -171,6 +171,9 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
                 record["epoch_steps"] = steps_now  # the partial last epoch of a step budget
             if log_sums:
                 record["logs"] = {k: float(mean_over_processes(v)) / steps_now for k, v in log_sums.items()}
+            if method.counted_log in record.get("logs", {}):  # e.g. MLM's real tokens a second, every process's
+                record[f"{method.counted_log}_per_s"] = round(record["logs"][method.counted_log] * steps_now * world
+                                                              / seconds, 1)
             if world > 1:  # every process holds rank 0's weights, or the run stops here
                 sync_buffers(method)
                 record.update(processes=world, weights_sha256=check_identical(method))

@@ -17,6 +17,7 @@ import torch
 
 from ..config import WARMUP_MAX_EPOCHS, Config, folder_options, resolve, validate, warmup_steps
 from ..data import Dataset, load_data, spec_of
+from ..data.corpus import holdout_record, load_union, sources_of, union_holdout, union_note
 from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_tokenizer, save_tokenizer
 from ..distributed import world_size
 from ..errors import SelfSupError
@@ -43,8 +44,9 @@ class OpenRun:
 
 
 def default_run_dir(cfg: Config) -> Path:
-    """runs/<method>-<data>-<timestamp>."""
-    data = Path(cfg.data).name or cfg.data
+    """runs/<method>-<data>-<timestamp> (several sources: the first's name and +N)."""
+    first, *more = sources_of(cfg.data)
+    data = (Path(first).name or first) + (f"+{len(more)}" if more else "")
     return Path("runs") / f"{cfg.method}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -99,8 +101,13 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     resolve(cfg, device.type)  # settings, method and optimizer checked before the data is even read
     paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
     check_new_run_dir(paths)
+    extra = {}
     if train is not None:
         full, index, data, note = train, None, train, "given by the caller, used whole"
+    elif len(sources_of(cfg.data)) > 1:  # several text sources: each labelled one's holdout set aside (corpus.py)
+        full, parts = load_union(sources_of(cfg.data), labels=cfg.labels)
+        index, extra = union_holdout(parts, cfg.holdout, cfg.seed), holdout_record(parts)
+        data, note = without_holdout(cfg, full, index, own_test=False)[0], union_note(parts, index)
     else:
         full = load_data(cfg.data, "train", labels=cfg.labels, folder=folder_options(cfg))
         if cfg.image_size is not None and full.paths is None:
@@ -125,7 +132,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     lock = RunLock(paths.root).acquire()
     OPENED.append(paths.root)
     if index is not None:
-        save_holdout(paths, cfg, len(full), index)
+        save_holdout(paths, cfg, len(full), index, **extra)
     if tokenizer is not None:
         save_tokenizer(tokenizer, paths.root / TOKENIZER_FILE)
     if full.skipped:
