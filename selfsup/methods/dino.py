@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SelfSupError
 from ..losses import dino_center, dino_loss, teacher_temperature
 from ..models.global_bn import GlobalBatchNorm, convert_batchnorm
 from ..models.encoder import Encoder
@@ -148,26 +147,33 @@ class DINO(Method):
         size = spec.shape[1:]
         self.view_recipe = dino_views(size, spec.mean, spec.std, hp.local_crops, hp.local_size or None,
                                       hp.global_scale, hp.local_scale)
-        if hp.local_crops:
-            self._check_local_size(backbone)
+        self._local_note = ""
+        if hp.local_crops and not self._takes(self.view_recipe.local_size):
+            # A backbone of fixed input size (mlp; vit's position embeddings): the local crops (still 5-40% of the
+            # image) are resized to the global size instead, which costs what global crops cost.
+            self._local_note = f" (at the image size: backbone {backbone} takes no other)"
+            self.view_recipe.local_size = self.view_recipe.size
 
-    def _check_local_size(self, backbone: str) -> None:
-        """Refuse a backbone that cannot take the local crops' size (a fixed input: mlp, vit) in one line."""
-        s = self.view_recipe.local_size
-        x = torch.zeros(2, self.spec.shape[0], *((s, s) if isinstance(s, int) else s))
+    def _takes(self, size) -> bool:
+        """Whether the backbone takes images of `size` (one forward of a blank pair, in eval mode)."""
+        x = torch.zeros(2, self.spec.shape[0], *((size, size) if isinstance(size, int) else size))
         try:
             with torch.no_grad():
                 self.backbone.eval()(x)
-        except Exception:
-            raise SelfSupError(f"dino: backbone {backbone} cannot take the {tuple(x.shape[2:])} local crops; choose "
-                               "a convolutional backbone (small_cnn, resnet18) or --set local_crops=0") from None
+            return True
+        except (RuntimeError, ValueError):
+            return False
         finally:
             self.backbone.train()
 
     def describe(self):
         r = self.view_recipe
-        locs = f" + {r.n_local} local crops of {r.local_size} px" if r.n_local else ""
-        return f"multi-crop: 2 global crops of {r.size} px{locs}"
+
+        def px(size):
+            return f"{size} px" if isinstance(size, int) else "x".join(map(str, size)) + " px"
+
+        locs = f" + {r.n_local} local crops of {px(r.local_size)}{self._local_note}" if r.n_local else ""
+        return f"multi-crop: 2 global crops of {px(r.size)}{locs}"
 
     def make_batch(self, x, generator):
         """{"global": 2b crops, "local": n*b crops}, crop-major (views/multicrop.py)."""
@@ -191,9 +197,15 @@ class DINO(Method):
         loss = dino_loss(s, t, self.center, self.teacher_temp, self.hp.student_temp, n_global=2)
         with torch.no_grad():
             q = F.softmax((t.float() - self.center) / self.teacher_temp.float(), dim=-1)
-            entropy = -(q * q.clamp_min(1e-12).log()).sum(-1).mean()  # ln K: uniform; 0: one prototype
+            # Collapse shows in two entropies (Caron et al. 2021, sec. 5.3, Fig. 7): of each teacher output (ln K when
+            # uniform: too much centring) and of their batch mean (near 0 when one prototype wins: too much
+            # sharpening). Healthy: the first well below ln K, the second well above 0.
+            entropy = -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
+            mean_q = q.mean(0)
+            batch_entropy = -(mean_q * mean_q.clamp_min(1e-12).log()).sum()
             self.center.copy_(dino_center(self.center, t, self.hp.center_momentum))
-        return loss, {"teacher_entropy": entropy, "teacher_temp": self.teacher_temp.detach().float()}
+        return loss, {"teacher_entropy": entropy, "teacher_batch_entropy": batch_entropy,
+                      "teacher_temp": self.teacher_temp.detach().float()}
 
     def frozen_last_layer(self, step: int, steps_per_epoch: int) -> bool:
         """Whether the student's last layer is kept fixed at step `step` (its first freeze_last_layer epochs)."""
