@@ -8,6 +8,9 @@
     the real gather and once through gathers broken the two ways peers shipped (a backward that returns only the
     local slice, solo-learn #232 / lightly #1531; a plain all_gather autograd cannot see, lightly #1977), so the
     test can show that its comparison catches both.
+  - take two SGD steps of DINO on multi-crop batches (2 global crops, 3 local crops of another size), once as it
+    is and once with its centre averaged over this process's rows only (no all-reduce), so the test can show
+    that the comparison catches a centre that is not the global batch's.
 Each rank writes out/rank{r}.pt; the test rebuilds the same models and batches in one process to compare.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.distributed as dist
 from selfsup.data import image_spec
 from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.byol import BYOL
+from selfsup.methods.dino import DINO
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.vicreg import VICReg
 
@@ -33,6 +37,30 @@ METHODS = {
     "barlow_twins": lambda: BarlowTwins(SPEC, BarlowTwins.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
     "vicreg": lambda: VICReg(SPEC, VICReg.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
 }
+
+
+DINO_HP = DINO.Hparams(prototypes=24, hidden=32, bottleneck=8, momentum=0.9, local_crops=3, local_size=4)
+N_LOCAL = 3
+
+
+def build_dino() -> DINO:
+    """The same freshly initialised DINO on every process and in the test."""
+    torch.manual_seed(0)
+    return DINO(SPEC, DINO_HP, "small_cnn")
+
+
+def dino_batches(steps: int = 2) -> list[dict[str, torch.Tensor]]:
+    """Fixed global multi-crop batches, crop-major: 2 global crops (2B x 1 x 8 x 8), 3 local (3B x 1 x 4 x 4)."""
+    g = torch.Generator().manual_seed(3)
+    return [{"global": torch.randn(2 * B, 1, 8, 8, generator=g), "local": torch.randn(N_LOCAL * B, 1, 4, 4, generator=g)}
+            for _ in range(steps)]
+
+
+def dino_local(batch: dict, r: int, w: int) -> dict:
+    """Process r's samples of a crop-major batch: its rows of every crop, still crop-major."""
+    b = B // w
+    return {k: v.view(-1, B, *v.shape[1:])[:, r * b:(r + 1) * b].reshape(-1, *v.shape[1:]).clone()
+            for k, v in batch.items()}
 
 
 def build(name: str) -> torch.nn.Module:
@@ -60,19 +88,23 @@ def local(batch: dict, r: int, w: int) -> dict:
     return {k: v[r * b:(r + 1) * b].clone() for k, v in batch.items()}
 
 
-def run_steps(model: torch.nn.Module, method: torch.nn.Module, batches: list[dict], r: int, w: int) -> dict:
-    """SGD steps; per step the state before it, the global mean loss and every trainable parameter's gradient."""
+def run_steps(model: torch.nn.Module, method: torch.nn.Module, batches: list[dict], r: int, w: int,
+              slicer=local) -> dict:
+    """SGD steps; per step the state before it, the global mean loss and every trainable parameter's gradient.
+    The loop's hook runs before each optimizer step with one step per epoch (DINO: its last layer frozen at step
+    0 only)."""
     from selfsup.distributed import mean_over_processes
 
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
     record = dict(loss=[], grads=[], before=[])
     for step, batch in enumerate(batches):
         record["before"].append({k: v.clone() for k, v in method.state_dict().items()})
-        loss, _ = model(local(batch, r, w))
+        loss, _ = model(slicer(batch, r, w))
         opt.zero_grad()
         loss.backward()
         record["loss"].append(mean_over_processes(loss.detach()))
         record["grads"].append({n: p.grad.clone() for n, p in method.named_parameters() if p.requires_grad})
+        method.before_optimizer_step(step, 1)
         opt.step()
         method.on_step_end(step, 10)
     record["norms"] = sorted({type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__})
@@ -147,6 +179,15 @@ def joint(out: Path) -> None:
             model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
             result[name] = run_steps(model, method, global_batches(), r, w)
         result["loss_grads"] = loss_grads(r, w)
+        dino_loss_module = importlib.import_module("selfsup.losses.dino")
+        for key, centre_mean in (("dino", dino_loss_module.mean_over_processes), ("dino_local_centre", lambda x: x)):
+            real, dino_loss_module.mean_over_processes = dino_loss_module.mean_over_processes, centre_mean
+            try:
+                method = build_dino()
+                model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
+                result[key] = run_steps(model, method, dino_batches(), r, w, slicer=dino_local)
+            finally:
+                dino_loss_module.mean_over_processes = real
     result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
     torch.save(result, out / f"rank{r}.pt")
 

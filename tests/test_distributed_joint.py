@@ -2,7 +2,9 @@
 every gradient equal one process's on the global batch. Each of these losses reduces over the batch: BYOL and
 SimSiam through BatchNorm (global, in BYOL's target too), Barlow Twins through the cross-correlation, VICReg
 through the variance and covariance (both gathered with gradients). The losses alone are also run through the
-two broken gathers peers shipped, to show the comparison catches them."""
+two broken gathers peers shipped, to show the comparison catches them. DINO's loss is per sample but its centre is
+a mean over the global batch (all-reduced): its steps are compared the same way, and again with the centre
+averaged over each process's rows only, which the comparison must catch."""
 import pytest
 import torch
 
@@ -75,3 +77,32 @@ def test_loss_gradients_through_the_gather_equal_one_process_and_broken_gathers_
             _, b1, _ = rec["loss_grads"][(name, broken)]
             with pytest.raises(AssertionError):
                 torch.testing.assert_close(b1 / 2, z1.grad[r * b:(r + 1) * b], rtol=1e-2, atol=1e-6)
+
+
+def test_dino_on_two_processes_equals_one_process_on_the_global_batch_centre_included(ranks):
+    method = W.build_dino()
+    ref = W.run_steps(method, method, W.dino_batches(), 0, 1, slicer=W.dino_local)
+    for r, rec in enumerate(ranks):
+        assert_same_step(rec["dino"], ref, 0, 0, f"dino, rank {r}, first step")
+        # the centre after step 1 is the global batch's (every process's teacher rows), before step 2
+        torch.testing.assert_close(rec["dino"]["before"][1]["center"], ref["before"][1]["center"], rtol=1e-5,
+                                   atol=1e-7)
+    assert float(ref["before"][1]["center"].abs().max()) > 1e-3  # the centre moved: the comparison has teeth
+    method = W.build_dino()
+    method.load_state_dict(ranks[0]["dino"]["before"][1])
+    ref2 = W.run_steps(method, method, W.dino_batches()[1:2], 0, 1, slicer=W.dino_local)
+    for r, rec in enumerate(ranks):
+        assert_same_step(rec["dino"], ref2, 1, 0, f"dino, rank {r}, second step")
+    assert state_digest(ranks[0]["dino"]["state"]) == state_digest(ranks[1]["dino"]["state"])
+    assert "GlobalBatchNorm" in ranks[0]["dino"]["norms"]
+
+
+def test_a_dino_centre_from_each_process_rows_alone_fails_the_same_comparison(ranks):
+    method = W.build_dino()
+    ref = W.run_steps(method, method, W.dino_batches(), 0, 1, slicer=W.dino_local)
+    for r, rec in enumerate(ranks):
+        assert_same_step(rec["dino_local_centre"], ref, 0, 0, f"rank {r}, first step")  # the centre is not used yet
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(rec["dino_local_centre"]["before"][1]["center"], ref["before"][1]["center"],
+                                       rtol=1e-5, atol=1e-7)
+    assert state_digest(ranks[0]["dino_local_centre"]["state"]) != state_digest(ranks[1]["dino_local_centre"]["state"])

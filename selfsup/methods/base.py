@@ -22,8 +22,8 @@ A method is one file holding one registered class::
         def forward(self, batch):                      # -> (loss, logs)
             ...
 
-The loop calls, per step: ``make_batch`` -> ``forward`` (under autocast) -> backward -> ``optimizer.step()`` ->
-``on_step_end(step, total)``. Evaluation and `embed` use ``encoder()`` only.
+The loop calls, per step: ``make_batch`` -> ``forward`` (under autocast) -> backward -> gradient clipping ->
+``before_optimizer_step(step, steps_per_epoch)`` -> ``optimizer.step()`` -> ``on_step_end(step, total)``. Evaluation and `embed` use ``encoder()`` only.
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ class NoHparams:
 
 class Method(nn.Module):
     """Base class of every pretext task. Subclasses declare the class attributes and implement
-    ``make_batch`` and ``forward``; they may override ``encoder``, ``encoder_spec``, ``check_data`` and ``on_step_end``."""
+    ``make_batch`` and ``forward``; they may override ``encoder``, ``encoder_spec``, ``check_data``,
+    ``before_optimizer_step`` and ``on_step_end``."""
 
     name: ClassVar[str] = ""  # registry key: --method NAME
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -132,6 +133,11 @@ class Method(nn.Module):
     def teachers(self) -> list[EMATeacher]:
         """The EMA teachers this method declared (attributes holding an EMATeacher)."""
         return [m for m in self.modules() if isinstance(m, EMATeacher)]
+
+    def before_optimizer_step(self, step: int, steps_per_epoch: int) -> None:
+        """After backward (and gradient clipping), right before optimizer step `step` (0-based), with the run's
+        steps per epoch: a method may drop gradients here (DINO freezes its last layer in the first epoch by
+        setting them to None, so the optimizer skips those parameters, weight decay and momentum included)."""
 
     def on_step_end(self, step: int, total: int) -> None:
         """After optimizer step `step` (0-based) of `total`: move every declared EMA teacher on its schedule."""

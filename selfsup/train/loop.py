@@ -149,6 +149,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
                 loss.backward()
                 if method.grad_clip is not None:  # the method's (MLM: BERT's 1.0), on DDP's all-reduced gradients
                     torch.nn.utils.clip_grad_norm_(method.parameters(), method.grad_clip)
+                method.before_optimizer_step(step, steps_per_epoch)  # DINO: its last layer frozen in epoch 1
                 optimizer.step()
                 method.on_step_end(step, total_steps)  # EMA teachers move after the optimizer step
                 loss_sum += loss.detach().float()

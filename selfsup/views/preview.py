@@ -10,7 +10,8 @@ import torch
 def save_preview(images_uint8: torch.Tensor, recipe, path, n: int = 8, n_views: int = 2,
                  generator: torch.Generator | None = None, mean: Sequence[float] = (0.5,),
                  std: Sequence[float] = (0.5,), title: str = "Augmentation preview") -> Path:
-    """Write a PNG grid: each row is one original image followed by `n_views` augmented views.
+    """Write a PNG grid: each row is one original image followed by `n_views` augmented views (a recipe with a
+    `preview(x, generator)` method gives its own list of views instead: multi-crop's globals and locals).
 
     Views are de-normalised with (mean, std) back to [0,1] for display; one-channel images use a gray
     colormap. Uses matplotlib's Agg canvas directly (no pyplot state, works without a display).
@@ -23,7 +24,10 @@ def save_preview(images_uint8: torch.Tensor, recipe, path, n: int = 8, n_views: 
         x = x.unsqueeze(1)
     g = generator if generator is not None else torch.Generator(device=x.device).manual_seed(0)
     with torch.no_grad():
-        views = [recipe(x, g).float().cpu() for _ in range(n_views)]
+        if hasattr(recipe, "preview"):  # a recipe of several kinds of view (multi-crop) shows each kind
+            views = [v.float().cpu() for v in recipe.preview(x, g)]
+        else:
+            views = [recipe(x, g).float().cpu() for _ in range(n_views)]
     m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     views = [(v * s + m).clamp(0, 1) for v in views]
