@@ -103,8 +103,10 @@ def build(**hp):
 
 def test_the_papers_defaults_are_the_methods_defaults():
     hp = get_method("dino").Hparams()
+    # the paper's, except the two changed for short CPU runs (sources say why): teacher kept at 0.04, BN in the head
     assert (hp.momentum, hp.teacher_temp_start, hp.teacher_temp, hp.temp_warmup_epochs, hp.student_temp) == \
-        (0.996, 0.04, 0.07, 30.0, 0.1)
+        (0.996, 0.04, 0.04, 30.0, 0.1)
+    assert hp.head_bn
     assert (hp.center_momentum, hp.bottleneck, hp.freeze_last_layer, hp.clip_grad) == (0.9, 256, 1.0, 3.0)
     assert hp.prototypes <= 4096 and (hp.global_scale, hp.local_scale) == ((0.4, 1.0), (0.05, 0.4))
     m = build()
@@ -114,7 +116,7 @@ def test_the_papers_defaults_are_the_methods_defaults():
 
 
 def test_teacher_takes_no_gradient_moves_by_the_cosine_schedule_and_last_layer_waits_one_epoch():
-    m = build()
+    m = build(teacher_temp=0.07)  # the paper's warm-up 0.04 -> 0.07, so the schedule is visible
     teacher = dict(m.teacher.net.named_parameters())
     student = dict(torch.nn.Sequential(m.backbone, m.head).named_parameters())
     assert all(not p.requires_grad for p in teacher.values())
