@@ -111,11 +111,13 @@ class Streamed(BatchSource):
                 f"({show_size(self.window * self.block * row)}, two alive), read while the previous one trains")
 
     def plan(self, order: EpochOrder, need: int) -> list[list[tuple[int, int]]]:
-        """This process's first `need` samples of the epoch, as windows: lists of (start, end) ranges of
-        consecutive samples (a block, or the part of one at the edge of a process's run or a window)."""
+        """The windows of this process's epoch that hold its first `need` samples: lists of (start, end) ranges of
+        consecutive samples (a block, or the part of one at the edge of a process's run or a window). A partial
+        epoch reads whole windows, so its batches are the first ones of the whole epoch."""
         n, b, size = self.n, self.block, self.block * self.window
         blocks = torch.randperm(math.ceil(n / b), generator=torch.Generator().manual_seed(order.blocks)).tolist()
-        first, last = self.rank * self.samples, self.rank * self.samples + need  # positions in the epoch's order
+        first = self.rank * self.samples  # positions in the epoch's order of blocks
+        last = first + min(self.samples, math.ceil(need / size) * size)
         windows, current, filled, pos = [], [], 0, 0
         for k in blocks:
             a, e = k * b, min(n, (k + 1) * b)

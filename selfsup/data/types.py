@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -155,13 +156,14 @@ def spec_of(data: Dataset) -> DataSpec:
 
 
 @torch.no_grad()
-def dataset_stats(images: torch.Tensor, chunk: int = 8192, rows: torch.Tensor | None = None
+def dataset_stats(images: torch.Tensor, chunk: int | None = None, rows: torch.Tensor | None = None
                   ) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std of a uint8 (N,C,H,W) tensor (of images[rows] when rows is given),
     in [0,1] units.
 
-    Computed in chunks with exact integer sums for uint8 (float64 for float input in [0,1]); a memory-mapped
-    tensor's pages are released after each chunk, so a pass over it costs a chunk of memory, not the file.
+    Computed in chunks (of `chunk` samples; by default 4 MiB of them) with exact integer sums for uint8 (float64
+    for float input in [0,1]); a memory-mapped tensor's pages are released after each chunk, so a pass over it
+    costs a few chunks of memory, not the file.
     The std is floored at 1e-3 so a constant channel cannot divide by zero.
     """
     if images.dim() != 4:
@@ -171,6 +173,7 @@ def dataset_stats(images: torch.Tensor, chunk: int = 8192, rows: torch.Tensor | 
     acc = torch.int64 if is_int else torch.float64
     s = torch.zeros(c, dtype=acc, device=images.device)
     s2 = torch.zeros(c, dtype=acc, device=images.device)
+    chunk = chunk or max(1, (4 << 20) // max(1, math.prod(images.shape[1:]) * images.element_size()))
     span = file_range(images)
     count = images.shape[0] if rows is None else len(rows)
     for i in range(0, count, chunk):
