@@ -147,6 +147,8 @@ class Streamed(BatchSource):
     def _read(self, windows, seed: int, free: queue.Queue, ready: queue.Queue, stop: threading.Event) -> None:
         """The background thread: fill a free slot with the next window, hand it over with its shuffle."""
         cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(self.device)  # a new thread starts on device 0
         side = torch.cuda.Stream(self.device) if cuda else None
         copied: list = [None, None]  # per slot: the event of its last host -> device copy
         g = torch.Generator().manual_seed(seed)

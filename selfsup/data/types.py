@@ -146,8 +146,13 @@ def spec_of(data: Dataset) -> DataSpec:
     if data.kind == "image":
         if data.x.dim() != 4 or data.x.dtype != torch.uint8:
             raise ValueError(f"image data must be uint8 (N, C, H, W), got {data.x.dtype} {tuple(data.x.shape)}")
+        if "_spec" in data.__dict__:  # a mapped file's statistics: one pass over it per Dataset, not one per call
+            return data.__dict__["_spec"]
         mean, std = dataset_stats(data.x, rows=data.rows)
-        return image_spec(data.x.shape[1:], mean, std)
+        spec = image_spec(data.x.shape[1:], mean, std)
+        if data.mapped:
+            data.__dict__["_spec"] = spec
+        return spec
     if data.kind == "text":
         raise ValueError("text must be tokenized (selfsup.data.tokenize) before it has a spec")
     if data.x.dim() != 2 or data.x.dtype != torch.long or not data.vocab_size:
