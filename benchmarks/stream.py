@@ -36,6 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from selfsup.data.budget import parse_size  # noqa: E402
+from selfsup.train.checkpoint import load_checkpoint  # noqa: E402
 
 MiB = 1 << 20
 BASELINE_ROWS = 2048
@@ -92,14 +93,13 @@ def pretrain(data: str, budget: str, args, out: str) -> dict:
     rss = int(found.group(1)) * 1024 if found else None
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if line.strip()]
     epochs = [r for r in records if r["event"] == "epoch"]
-    feed = next(r for r in records if r["event"] == "data")
+    feed = load_checkpoint(os.path.join(out, "checkpoints", "last.pt"))["feed"]  # the path and its geometry
     with open(os.path.join(out, "config.yaml")) as f:
         batch = yaml.safe_load(f)["batch_size"]
     seconds = sum(r["seconds"] for r in epochs)
-    return dict(path=feed["path"], images_per_s=round(epochs[-1]["step"] * batch / seconds, 1),
-                epoch_seconds=round(seconds, 2), wall_s=round(wall, 1), peak_rss_bytes=rss,
-                data_bytes=feed["data_bytes"], budget_bytes=feed["budget_bytes"],
-                **({"block": feed["block"], "window": feed["window"]} if "block" in feed else {}))
+    note = next((ln.strip()[6:] for ln in p.stderr.splitlines() if ln.strip().startswith("data: ")), "")
+    return dict(feed, images_per_s=round(epochs[-1]["step"] * batch / seconds, 1), epoch_seconds=round(seconds, 2),
+                wall_s=round(wall, 1), peak_rss_bytes=rss, note=note)
 
 
 def measure(name: str, path: str, budget: int, args, work: str) -> dict:
@@ -108,8 +108,9 @@ def measure(name: str, path: str, budget: int, args, work: str) -> dict:
     baseline = pretrain(head(path, BASELINE_ROWS), "1TiB", args, os.path.join(work, f"{name}-baseline"))
     assert streamed["path"] == "streamed" and in_memory["path"] == "in memory", (streamed, in_memory)
     ratio = streamed["images_per_s"] / in_memory["images_per_s"]
-    out = dict(name=name, file=path, file_bytes=os.path.getsize(path), budget_bytes=budget,
-               data_over_budget=round(streamed["data_bytes"] / budget, 2), streamed=streamed, in_memory=in_memory,
+    data_bytes = np.load(path, mmap_mode="r").nbytes
+    out = dict(name=name, file=path, data_bytes=data_bytes, budget_bytes=budget,
+               data_over_budget=round(data_bytes / budget, 2), streamed=streamed, in_memory=in_memory,
                baseline=baseline, throughput_ratio=round(ratio, 3), throughput_target_met=ratio >= 0.9)
     if args.compute_steps:
         shape = tuple(np.load(path, mmap_mode="r").shape[1:])

@@ -169,8 +169,9 @@ def runs(digits_npy, tmp_path_factory):
 
 def test_streamed_and_in_memory_runs_train_on_the_same_samples_each_epoch(runs):
     root, seen = runs
-    assert [r["path"] for r in read_jsonl(root / "memory" / "metrics.jsonl") if r["event"] == "data"] == ["in memory"]
-    assert [r["path"] for r in read_jsonl(root / "streamed" / "metrics.jsonl") if r["event"] == "data"] == ["streamed"]
+    for name, path in (("memory", "in memory"), ("streamed", "streamed")):  # the path each took, in its records
+        assert [r["data"] for r in read_jsonl(root / name / "metrics.jsonl")] == [path] * 3
+        assert load_checkpoint(root / name / "checkpoints" / "last.pt")["feed"]["path"] == path
     assert len(seen["memory"]) == len(seen["streamed"]) == 3
     for epoch in (0, 1):  # whole epochs: every sample once, on both paths
         assert seen["memory"][epoch] == seen["streamed"][epoch]

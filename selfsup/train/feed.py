@@ -12,8 +12,8 @@ from ..distributed import mean_over_processes, rank, world_size
 
 
 def open_feed(cfg: Config, train: Dataset, device: torch.device, mine: torch.Tensor | None,
-              saved: dict | None = None) -> tuple[BatchSource, dict]:
-    """(the batch source, a record of the choice for metrics.jsonl). `mine`: this process's shard for the
+              saved: dict | None = None) -> tuple[BatchSource, str]:
+    """(the batch source, a line for the recipe saying which path and why). `mine`: this process's shard for the
     in-memory path; `saved`: the checkpoint's record of the path (a resumed run repeats its batches exactly).
 
     Every process takes the same path (streamed if any one's samples exceed its budget): the two give
@@ -33,5 +33,4 @@ def open_feed(cfg: Config, train: Dataset, device: torch.device, mine: torch.Ten
     why = (f"{show_size(n * row)} of samples {'over' if n * row > budget else 'within'} the memory budget "
            f"{show_size(budget)}" + (" (given)" if cfg.memory_budget else " (half the free memory)")
            + ("; the path this run started on" if saved is not None else ""))
-    record = dict(event="data", **source.record(), data_bytes=n * row, budget_bytes=budget)
-    return source, dict(record, note=f"{source.describe()}: {why}")
+    return source, f"{source.describe()}: {why}"

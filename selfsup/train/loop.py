@@ -100,7 +100,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
 
     # The whole split (this process's shard) on the device, a batch an index into it; or, when it is over the
     # memory budget, streamed a window at a time (data/stream.py). The loop sees batches either way.
-    source, feed = open_feed(cfg, train, device, mine, ckpt.get("feed") if ckpt else None)
+    source, feed_note = open_feed(cfg, train, device, mine, ckpt.get("feed") if ckpt else None)
     steps_per_epoch = source.samples // bs
     knn = None
     if lead and cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
@@ -109,8 +109,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     if ckpt is None and lead:
         monitor_note = (f"every {cfg.knn_every} epoch(s), k={knn.k}, bank {len(knn.bank)}, {len(knn.queries)} "
                         f"queries, all from the pretraining data" if knn else "off")
-        say_recipe(run, spec.describe(), steps_per_epoch, method.describe(), monitor_note, feed.pop("note"))
-        append_jsonl(paths.metrics, feed)
+        say_recipe(run, spec.describe(), steps_per_epoch, method.describe(), monitor_note, feed_note)
 
     if ckpt is None and lead and method.view_recipe is not None:
         from ..views.preview import save_preview
@@ -169,7 +168,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
             seconds = time.perf_counter() - t0
             loss = mean_over_processes(loss_sum).item() / steps_now
             record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss, lr=lr, seconds=round(seconds, 3),
-                          images_per_s=round(steps_now * bs * world / seconds, 1))
+                          images_per_s=round(steps_now * bs * world / seconds, 1), data=source.kind)
             if steps_now < steps_per_epoch:
                 record["epoch_steps"] = steps_now  # the partial last epoch of a step budget
             if log_sums:
