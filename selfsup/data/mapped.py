@@ -22,6 +22,9 @@ _PAGE = mmap.PAGESIZE
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 _WILLNEED = getattr(mmap, "MADV_WILLNEED", 3)
 CHUNK_BYTES = 64 << 20  # rows read (and released) at a time by read_rows
+# A page fault maps the pages around it too (Linux's fault_around_bytes, 64 KiB by default): released ranges are
+# widened by this much, so that pages of neighbouring rows mapped by a read do not stay behind.
+FAULT_AROUND = 64 << 10
 
 
 def tensor_of(arr: np.ndarray) -> torch.Tensor:
@@ -70,20 +73,21 @@ def is_mapped(x: torch.Tensor) -> bool:
     return file_range(x) is not None
 
 
-def _advise(x: torch.Tensor, span: tuple[int, int] | None, lo: int, hi: int, advice: int) -> None:
-    """madvise the pages of rows [lo, hi) of x (inside the file mapping `span`)."""
+def _advise(x: torch.Tensor, span: tuple[int, int] | None, lo: int, hi: int, advice: int, margin: int = 0) -> None:
+    """madvise the pages of rows [lo, hi) of x, and `margin` bytes either side (inside the file mapping `span`)."""
     if span is None or hi <= lo:
         return
     row = x.stride(0) * x.element_size()
-    start = max(span[0], (x.data_ptr() + lo * row) // _PAGE * _PAGE)
-    end = min(span[1], -(-(x.data_ptr() + hi * row) // _PAGE) * _PAGE)
+    start = max(span[0], (x.data_ptr() + lo * row - margin) // _PAGE * _PAGE)
+    end = min(span[1], -(-(x.data_ptr() + hi * row + margin) // _PAGE) * _PAGE)
     if end > start:
         _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(advice))
 
 
 def release(x: torch.Tensor, span: tuple[int, int] | None, lo: int, hi: int) -> None:
-    """Drop rows [lo, hi) of a mapped x from this process's resident memory (they stay in the page cache)."""
-    _advise(x, span, lo, hi, _DONTNEED)
+    """Drop rows [lo, hi) of a mapped x (and FAULT_AROUND either side) from this process's resident memory; the
+    pages stay in the page cache, and a later read maps them again."""
+    _advise(x, span, lo, hi, _DONTNEED, FAULT_AROUND)
 
 
 def prefetch(x: torch.Tensor, span: tuple[int, int] | None, lo: int, hi: int) -> None:
