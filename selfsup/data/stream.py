@@ -94,6 +94,8 @@ class Streamed(BatchSource):
     kind = "streamed"
 
     def __init__(self, data: Dataset, device: torch.device, block: int, window: int, rank: int = 0, world: int = 1):
+        if device.type == "cuda" and device.index is None:  # the reader thread needs the index (threads start on 0)
+            device = torch.device("cuda", torch.cuda.current_device())
         self.x, self.rows, self.device = data.x, data.rows, device
         self.n, self.rank, self.world = len(data), rank, world
         self.samples = self.n // world
