@@ -102,6 +102,36 @@ def test_two_processes_stream_disjoint_parts_with_the_same_steps(tmp_path):
     assert sum(epoch_ids(Streamed(numbered(1003), CPU, 13, 4, 1, 2), 0, 20, 25), []) == sum(got[1]["ids"], [])
 
 
+def two_process_streamed_runs(out: Path, data: Path, labels: Path) -> None:
+    """dist_workers case: a 2-process streamed MoCo run, and the same run interrupted after epoch 1 and resumed."""
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int) -> None:
+        if epoch == 1:
+            raise Stop
+
+    pretrain(W.pipeline_config(out / "full", data, labels, memory_budget="2KiB"), progress=False)
+    try:
+        pretrain(W.pipeline_config(out / "resumed", data, labels, memory_budget="2KiB"), progress=False,
+                 on_epoch_end=stop)
+    except Stop:
+        pass
+    pretrain(Config(out=str(out / "resumed")), resume=True, progress=False)
+
+
+def test_a_two_process_streamed_run_resumes_exactly(tmp_path):
+    data, labels = W.small_digits(tmp_path / "data")
+    W.spawn("test_stream.two_process_streamed_runs", tmp_path / "store", tmp_path, data, labels)
+    full, resumed = (load_checkpoint(tmp_path / n / "checkpoints" / "last.pt") for n in ("full", "resumed"))
+    assert full["feed"]["path"] == "streamed" and full["world_size"] == 2 and resumed["epoch"] == 2
+    recs = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert [(r["data"], r["processes"]) for r in recs] == [("streamed", 2)] * 2
+    assert len(set(recs[-1]["weights_sha256"])) == 1  # both ranks hold the same weights
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
 # --- whole runs on digits ------------------------------------------------------------------------------------
 
 RUN = dict(method="simclr", batch_size=120, steps=25, knn_every=1, holdout=0, device="cpu", threads=1,
