@@ -80,6 +80,8 @@ def test_geometry_fits_the_budget():
     block, window = geometry(row_bytes=3 * 64 * 64, samples=10**6, budget=256 << 20)
     assert block * window * 3 * 64 * 64 <= (256 << 20) // 4 and window >= 16
     assert geometry(64, 100, 1) == (1, 1)  # a budget below a row still streams, a row at a time
+    block, window = geometry(row_bytes=3 * 224 * 224, samples=10**6, budget=64 << 30)
+    assert block * window * 3 * 224 * 224 <= 1 << 30 and block == (1 << 20) // (3 * 224 * 224)
 
 
 def two_process_epoch(out: Path) -> None:

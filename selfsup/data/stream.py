@@ -32,6 +32,9 @@ from .types import Dataset
 BLOCK_BYTES = 1 << 20  # a block is at most 1 MiB of consecutive rows: one sequential read
 MIN_BLOCKS_PER_WINDOW = 16  # ...and at most 1/16 of a window, so that a window mixes at least 16 places of the data
 WINDOW_SHARE = 4  # a window holds at most budget / 4; two are alive at once (the one training, the one read)
+# ...and at most 1 GiB: a larger one mixes no better (already thousands of blocks), pins more host memory and
+# delays the first step (the first window is read before anything can train)
+WINDOW_MAX_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,11 @@ class InMemory(BatchSource):
 
 
 def geometry(row_bytes: int, samples: int, budget: int) -> tuple[int, int]:
-    """(rows per block, blocks per window) for a budget: a window of at most budget / WINDOW_SHARE (and no more
-    than the samples), blocks of at most BLOCK_BYTES and at most 1/MIN_BLOCKS_PER_WINDOW of a window."""
-    window_rows = max(1, min(samples, budget // WINDOW_SHARE // max(1, row_bytes)))
+    """(rows per block, blocks per window) for a budget: a window of at most budget / WINDOW_SHARE and
+    WINDOW_MAX_BYTES (and no more than the samples), blocks of at most BLOCK_BYTES and at most
+    1/MIN_BLOCKS_PER_WINDOW of a window."""
+    window_bytes = min(budget // WINDOW_SHARE, WINDOW_MAX_BYTES)
+    window_rows = max(1, min(samples, window_bytes // max(1, row_bytes)))
     block = max(1, min(BLOCK_BYTES // max(1, row_bytes), window_rows // MIN_BLOCKS_PER_WINDOW))
     return block, max(1, window_rows // block)
 
