@@ -3,10 +3,26 @@
 # progress. Meant for a lent GPU machine whose commands have a time limit: call it again (same machine) to keep
 # waiting; a fresh machine resumes the runs from runs/bench if that folder travelled along.
 #   WAIT=540 bash benchmarks/gpu_run.sh            (data from $SELFSUP_DATA, default ./.data)
+#   MODE=stream WAIT=540 bash benchmarks/gpu_run.sh
+#       data larger than the budget, streamed: a generated 3x224x224 uint8 .npy of 1.5 x BUDGET (default 4GiB),
+#       ResNet-18 SimCLR images/s streamed (--memory-budget BUDGET) against in memory (the whole set on the GPU)
+#       and the compute-only step, STEPS (default 300) steps each (benchmarks/stream.py; its JSON in result.json)
 set -u
 WAIT=${WAIT:-540}
-BENCH_OUT=${BENCH_OUT:-runs/bench}
-ARGS=${BENCH_ARGS:---short 30 --long 200 --compile}
+MODE=${MODE:-fmnist}
+if [ "$MODE" = stream ]; then
+  BENCH_OUT=${BENCH_OUT:-runs/bench_stream}
+  BUDGET=${BUDGET:-4GiB}
+  ARGS=${BENCH_ARGS:---device cuda --sets generated --image-size 224 --factor 1.5 --memory-budget $BUDGET \
+--steps ${STEPS:-300} --threads 8 --compute-steps 30 --root ${STREAM_ROOT:-/tmp/stream_bench}}
+  ARGS="$ARGS --pretrain-args '--backbone resnet18 --batch-size 256'"
+  SCRIPT=benchmarks/stream.py
+else
+  BENCH_OUT=${BENCH_OUT:-runs/bench}
+  ARGS=${BENCH_ARGS:---short 30 --long 200 --compile}
+  ARGS="$ARGS --out '$BENCH_OUT'"
+  SCRIPT=benchmarks/simclr_fmnist.py
+fi
 export SELFSUP_DATA=${SELFSUP_DATA:-$PWD/.data}
 export PYTHONUNBUFFERED=1
 mkdir -p "$BENCH_OUT"
@@ -16,10 +32,10 @@ running() { [ -f "$BENCH_OUT/pid" ] && kill -0 "$(cat "$BENCH_OUT/pid")" 2>/dev/
 if ! running; then
   rm -f "$BENCH_OUT/exit_code"
   # The inner shell writes its own pid: it lives exactly as long as the benchmark.
-  setsid nohup bash -c "echo \$\$ > '$BENCH_OUT/pid'; python3 benchmarks/simclr_fmnist.py $ARGS --out '$BENCH_OUT' \
+  setsid nohup bash -c "echo \$\$ > '$BENCH_OUT/pid'; python3 $SCRIPT $ARGS \
     > '$BENCH_OUT/result.json' 2> '$BENCH_OUT/log.txt'; echo \$? > '$BENCH_OUT/exit_code'" >/dev/null 2>&1 &
   sleep 1
-  echo "started: simclr_fmnist.py $ARGS --out $BENCH_OUT"
+  echo "started: $SCRIPT $ARGS"
 else
   echo "rejoined the running benchmark (pid $(cat "$BENCH_OUT/pid"))"
 fi
@@ -33,7 +49,7 @@ else
   echo "still running after ${WAIT}s; call again to keep waiting"
 fi
 if [ -n "${OUT:-}" ]; then
-  cp "$BENCH_OUT"/benchmark.json "$BENCH_OUT"/log.txt "$OUT"/ 2>/dev/null
+  cp "$BENCH_OUT"/benchmark.json "$BENCH_OUT"/log.txt "$BENCH_OUT"/result.json "$OUT"/ 2>/dev/null
   for r in "$BENCH_OUT"/e*/; do
     n=$(basename "$r"); cp "$r/metrics.jsonl" "$OUT/$n-metrics.jsonl" 2>/dev/null; cp "$r/eval.md" "$OUT/$n-eval.md" 2>/dev/null
   done

@@ -112,6 +112,10 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
                    help="online kNN monitor every N epochs when labels exist (0: off; default: about 40 times a run)")
     g.add_argument("--save-every", type=int, help="also keep checkpoints/epoch_N.pt every N epochs (default 0: only last)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--memory-budget", metavar="SIZE",
+                   help="memory the training data may take on the device, e.g. 2GiB or 500MB (default: half the "
+                        "free memory of the GPU, or of the host shared by its processes); larger data is streamed "
+                        "from disk, a memory-mapped .npy or the folder cache, a window at a time")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun: BatchNorm statistics over the global batch of every process (default: the "
                         "method's; on for SimCLR)")

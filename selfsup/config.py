@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .data.budget import SIZE_HELP, size_ok
 from .data.decode import parse_background
 from .data.folder import FolderOptions
 from .errors import SelfSupError
@@ -74,6 +75,7 @@ class Config:
     background: str = "white"
     skip_bad: bool = False
     cache: bool = True
+    memory_budget: str | None = None  # e.g. "2GiB": data over it is streamed (None: half the device's free memory)
     method_args: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -199,6 +201,7 @@ _CHECKS = {
     "precision": (lambda v: v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
     "image_size": (lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"an integer in [1, {MAX_IMAGE_SIZE}]"),
     "background": (lambda v: _colour(v), "a colour name, #rrggbb or R,G,B"),
+    "memory_budget": (size_ok, SIZE_HELP + " (e.g. 2GiB or 500MB)"),
 }
 
 

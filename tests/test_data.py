@@ -247,7 +247,8 @@ def test_npy_nhw_and_nhwc(tmp_path):
     b = np.random.default_rng(1).integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "b.npy", b)
     data = load_data(str(tmp_path / "b.npy"))
-    assert data.x.shape == (4, 3, 5, 6) and data.x.is_contiguous()
+    # x is a (N, C, H, W) view of the memory-mapped (N, H, W, C) file; what is read from it is contiguous
+    assert data.x.shape == (4, 3, 5, 6) and data.mapped and data.read().is_contiguous()
     assert np.array_equal(data.x.permute(0, 2, 3, 1).numpy(), b)
     assert load_data(str(tmp_path / "b.npy"), "test") is None
 

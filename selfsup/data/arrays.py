@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from selfsup.data.idx import read_idx
+from selfsup.data.mapped import tensor_of
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
@@ -19,7 +20,8 @@ MAX_CLASSES = 100_000
 
 
 def images_from_array(arr: np.ndarray, path: str) -> torch.Tensor:
-    """Validate an (N,H,W) or (N,H,W,C) uint8 array and return it as a contiguous (N,C,H,W) tensor."""
+    """Validate an (N,H,W) or (N,H,W,C) uint8 array and return it as a contiguous (N,C,H,W) tensor; a C-ordered
+    memory-mapped array stays where it lies: (N,C,H,W) is then a view of it (strided for (N,H,W,C))."""
     ok = (
         isinstance(arr, np.ndarray)
         and arr.dtype == np.uint8
@@ -34,6 +36,9 @@ def images_from_array(arr: np.ndarray, path: str) -> torch.Tensor:
             f"expected an array of shape (N,H,W) or (N,H,W,C) with C in {{1,3}} and dtype uint8 in {path}, "
             f"got shape {shape} dtype {dtype}"
         )
+    if isinstance(arr, np.memmap) and arr.flags.c_contiguous:
+        t = tensor_of(arr)
+        return t.unsqueeze(1) if arr.ndim == 3 else t.permute(0, 3, 1, 2)
     t = torch.from_numpy(np.ascontiguousarray(arr))
     t = t.unsqueeze(1) if arr.ndim == 3 else t.permute(0, 3, 1, 2)
     return t.contiguous()
@@ -63,10 +68,12 @@ def labels_from_array(arr: np.ndarray, n: int, path: str) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.int64))
 
 
-def _np_load(path: str):
+def _np_load(path: str, mmap_mode: str | None = None):
     """np.load without ever unpickling, with every failure turned into a SelfSupError."""
     try:
-        return np.load(path, allow_pickle=False)
+        if mmap_mode and _truncated(path):
+            raise SelfSupError(_truncated(path))
+        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except FileNotFoundError:
         raise SelfSupError(f"no such file or directory: {path}") from None
     except ValueError as e:
@@ -75,6 +82,22 @@ def _np_load(path: str):
         raise SelfSupError(f"cannot load {path} ({msg})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise SelfSupError(f"cannot read {path} ({e})") from None
+
+
+def _truncated(path: str) -> str:
+    """A one-line reason when a .npy file holds fewer bytes than its header promises ("" when it does not)."""
+    with open(path, "rb") as f:
+        try:
+            fmt = np.lib.format
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
+            if read is None:
+                return ""
+            shape, _, dtype = read(f)
+        except (ValueError, OSError, EOFError):
+            return ""  # not a .npy header: np.load says what it is
+        want = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = os.path.getsize(path)
+    return f"{path} is truncated: {have:,} bytes, its header says {want:,} ({shape} {dtype})" if have < want else ""
 
 
 def load_label_file(path: str, n: int) -> torch.Tensor:
@@ -94,8 +117,9 @@ def load_label_file(path: str, n: int) -> torch.Tensor:
 
 
 def load_npy(path: str, labels: str | None = None) -> Dataset:
-    """Load images from a .npy array, with optional labels from a separate file."""
-    arr = _np_load(path)
+    """Images from a .npy array, memory-mapped where it lies (copy-on-write: never read whole, never written
+    back), with optional labels from a separate file."""
+    arr = _np_load(path, mmap_mode="c")
     if not isinstance(arr, np.ndarray):
         raise SelfSupError(f"expected a single array in {path}, got an .npz archive (rename it to .npz)")
     images = images_from_array(arr, path)

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, warmup_steps
 from ..data import Dataset, spec_of
+from ..data.stream import EpochOrder
 from ..device import autocast, pick_device, use_bf16
 from ..distributed import mean_over_processes, rank, session, world_size
 from ..errors import SelfSupError
@@ -20,6 +21,7 @@ from ..rundir import RunPaths, build_method, checkpoint_spec
 from .parallel import check_identical, check_world, open_run_all, rank_seed, shard, sync_buffers, wrap
 from .setup import OpenRun, say_recipe
 from .checkpoint import CheckpointWriter, unwrapped
+from .feed import open_feed
 from .logging import append_jsonl, plot_curves, truncate_epochs
 from .monitor import KNNMonitor
 from .optim import build_optimizer, lr_at
@@ -74,8 +76,6 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     bs = check_world(cfg, len(train))  # this process's part of each global batch
     lead, world = rank() == 0, world_size()  # rank 0 alone logs, plots, monitors and saves
     mine = shard(len(train), _seed(cfg.seed, 0, 2))  # None on one process: all the data
-    n = len(train) if mine is None else len(mine)
-    steps_per_epoch = n // bs
     spec = spec_of(train) if ckpt is None else checkpoint_spec(ckpt)
     if spec.kind != train.kind or tuple(train.x.shape[1:]) != spec.shape:
         raise SelfSupError(f"data {train.kind} {tuple(train.x.shape[1:])} differs from the run's {spec.describe()}")
@@ -98,25 +98,29 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     forward = torch.compile(model) if cfg.compile else model
     amp = use_bf16(cfg.precision, device)
 
-    # The whole split (this process's shard) on the device: a batch is an index, not a loader.
-    data = (train.x if mine is None else train.x[mine]).to(device)
+    # The whole split (this process's shard) on the device, a batch an index into it; or, when it is over the
+    # memory budget, streamed a window at a time (data/stream.py). The loop sees batches either way.
+    source, feed_note = open_feed(cfg, train, device, mine, ckpt.get("feed") if ckpt else None)
+    steps_per_epoch = source.samples // bs
     knn = None
     if lead and cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
-        knn = KNNMonitor(*(monitor or _default_monitor(cfg, train, device)), device=device)
+        knn = KNNMonitor(*(monitor or _default_monitor(cfg, train, device, capped=source.kind == "streamed")),
+                         device=device)
     if ckpt is None and lead:
         monitor_note = (f"every {cfg.knn_every} epoch(s), k={knn.k}, bank {len(knn.bank)}, {len(knn.queries)} "
                         f"queries, all from the pretraining data" if knn else "off")
-        say_recipe(run, spec.describe(), steps_per_epoch, method.describe(), monitor_note)
+        say_recipe(run, spec.describe(), steps_per_epoch, method.describe(), monitor_note, feed_note)
 
     if ckpt is None and lead and method.view_recipe is not None:
         from ..views.preview import save_preview
 
-        save_preview(train.x[:8], method.view_recipe, paths.plots / "views.png", mean=spec.mean, std=spec.std,
-                     generator=torch.Generator().manual_seed(cfg.seed))
+        save_preview(train.read(torch.arange(min(8, len(train)))), method.view_recipe, paths.plots / "views.png",
+                     mean=spec.mean, std=spec.std, generator=torch.Generator().manual_seed(cfg.seed))
 
     def snapshot(epoch: int, step: int) -> dict:
         return dict(model=method.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, step=step,
-                    config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name, world_size=world)
+                    config=cfg.to_dict(), spec=spec.to_dict(), data_name=train.name, world_size=world,
+                    feed=source.record())
 
     total_steps = min(cfg.steps, cfg.epochs * steps_per_epoch)  # exactly the budget: the last epoch may be partial
     warmup = warmup_steps(cfg, steps_per_epoch)
@@ -128,16 +132,14 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             t0 = time.perf_counter()
-            order = torch.Generator().manual_seed(rank_seed(_seed(cfg.seed, epoch, 0)))
-            perm = torch.randperm(n, generator=order).to(device)
+            order = EpochOrder(blocks=_seed(cfg.seed, epoch, 3), samples=rank_seed(_seed(cfg.seed, epoch, 0)))
             gen = torch.Generator(device=device).manual_seed(rank_seed(_seed(cfg.seed, epoch, 1)))
             loss_sum = torch.zeros((), device=device)
             log_sums: dict[str, torch.Tensor] = {}  # the method's logs, summed on the device (no sync per step)
             steps_now = min(steps_per_epoch, total_steps - step)  # fewer in a partial last epoch
             bar = tqdm(total=steps_now, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                        file=sys.stderr, dynamic_ncols=True)
-            for i in range(steps_now):
-                x = data[perm[i * bs:(i + 1) * bs]]
+            for i, x in enumerate(source.batches(order, steps_now, bs)):
                 lr = lr_at(step, total_steps, warmup, cfg.lr)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
@@ -167,7 +169,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
             seconds = time.perf_counter() - t0
             loss = mean_over_processes(loss_sum).item() / steps_now
             record = dict(event="epoch", epoch=epoch + 1, step=step, loss=loss, lr=lr, seconds=round(seconds, 3),
-                          images_per_s=round(steps_now * bs * world / seconds, 1))
+                          images_per_s=round(steps_now * bs * world / seconds, 1), data=source.kind)
             if steps_now < steps_per_epoch:
                 record["epoch_steps"] = steps_now  # the partial last epoch of a step budget
             if log_sums:
@@ -216,13 +218,15 @@ def _diverged(paths: RunPaths, epoch: int, step: int, last_good: int, value: flo
                            f"Last good checkpoint: {where}. Try a lower --lr.")
 
 
-def _default_monitor(cfg: Config, train: Dataset, device: torch.device) -> tuple[Dataset, Dataset]:
+def _default_monitor(cfg: Config, train: Dataset, device: torch.device, capped: bool = False
+                     ) -> tuple[Dataset, Dataset]:
     """kNN monitor data, both parts from the pretraining data (never the test split): queries are a seeded,
-    class-balanced 10% of it, the bank the rest. On a CPU a 10,000-sample bank and 2,000 queries at most keep
-    the monitor to seconds; the final `selfsup eval` uses everything."""
+    class-balanced 10% of it, the bank the rest. On a CPU (or `capped`: streamed data, larger than memory) a
+    10,000-sample bank and 2,000 queries at most keep the monitor to seconds; the final `selfsup eval` uses
+    everything."""
     bank_idx, query_idx = stratified_holdout(train.labels, 0.1, cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    if device.type != "cuda":
+    if device.type != "cuda" or capped:
         bank_idx = bank_idx[torch.randperm(len(bank_idx), generator=g)[:10000]]
         query_idx = query_idx[torch.randperm(len(query_idx), generator=g)[:2000]]
     return train.subset(bank_idx), train.subset(query_idx)

@@ -62,7 +62,7 @@ def without_holdout(cfg: Config, full: Dataset, index: torch.Tensor | None, own_
     if index is not None:
         kind = "stratified" if full.labels is not None else "random"
         note = f"{len(index)} samples ({len(index) / len(full):.0%}, seeded, {kind}) held out before pretraining"
-        return full.subset(complement(len(full), index)), note
+        return full.subset(complement(len(full), index), lazy=full.mapped), note  # a mapped file stays unread
     if own_test:
         return full, "the source's own test split (never seen in pretraining)"
     return full, "none: pretrained on every sample (--holdout 0)"
@@ -225,7 +225,8 @@ def _warmup(c: Config, per_epoch: int) -> str:
     return f"warmup {n} step{'' if n == 1 else 's'} ({rule})"
 
 
-def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: str, monitor_note: str) -> None:
+def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: str, monitor_note: str,
+               data_note: str = "") -> None:
     """Print the resolved recipe once, at the start, so what runs is never a guess."""
     c = run.cfg
     settings = ", ".join(f"{k}={v}" for k, v in c.method_args.items()) or "none"
@@ -233,7 +234,7 @@ def say_recipe(run: OpenRun, spec_text: str, steps_per_epoch: int, method_note: 
              f"  {c.backbone}, batch {c.batch_size}, {_budget(c, steps_per_epoch)}, "
              f"{c.optimizer} lr {c.lr:.4g} wd {c.weight_decay:g}, {_warmup(c, steps_per_epoch)}, seed {c.seed}",
              f"  {c.method} settings: {settings}{'; ' + method_note if method_note else ''}",
-             f"  kNN monitor: {monitor_note}; run directory {run.paths.root}"]
+             f"  kNN monitor: {monitor_note}; run directory {run.paths.root}"] + [f"  data: {data_note}"][:bool(data_note)]
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
