@@ -5,7 +5,8 @@ from .diagnostics import embedding_std, top1
 from .info_nce import info_nce, info_nce_logits
 from .nt_xent import nt_xent, nt_xent_logits
 from .reconstruction import reconstruction_mse
+from .simcse import simcse_logits, simcse_loss
 from .vicreg import vicreg
 
 __all__ = ["barlow_twins", "byol_loss", "embedding_std", "info_nce", "info_nce_logits", "negative_cosine", "nt_xent",
-           "nt_xent_logits", "reconstruction_mse", "top1", "vicreg"]
+           "nt_xent_logits", "reconstruction_mse", "simcse_logits", "simcse_loss", "top1", "vicreg"]
