@@ -86,8 +86,8 @@ def run_budget(args, method: str, minutes: float, step_s: float, progress: bool)
 def evaluate_run(args, run: str, fractions: list[float], baselines: bool, progress: bool) -> dict:
     """{row: {fraction: {knn_tuned, linear, finetune, ...}}} of one run (reused from its eval.json)."""
     eval_file = Path(run) / "eval.json"
-    rows_wanted = {f"{Config.load(RunPaths(run).config).method} (ours)"} | ({RANDOM_ROW, TFIDF_ROW} if baselines
-                                                                          else set())
+    ours = f"{Config.load(RunPaths(Path(run)).config).method} (ours)"
+    rows_wanted = {ours, RANDOM_ROW, TFIDF_ROW} if baselines else {ours}
     result = json.loads(eval_file.read_text()) if eval_file.exists() else None
     if result is None or not rows_wanted <= {r["features"] for r in result["results"]} \
             or sorted({r["fraction"] for r in result["results"]}) != sorted(fractions):
