@@ -118,9 +118,9 @@ def test_evaluation_gets_the_backbone_pooling_as_set_without_the_mlp(tmp_path):
 
 
 def cfg(tmp_path, data, **kw):
-    base = dict(method="simcse", data=str(data), out=str(tmp_path / "run"), device="cpu",
+    base = dict(method="simcse", data=str(data), out=str(tmp_path / "run"), device="cpu", lr=1e-3,
                 backbone="transformer_tiny", batch_size=32, epochs=4, knn_every=1, warmup_epochs=1.0, vocab_size=100,
-                seq_len=16)
+                seq_len=16)  # lr: a toy corpus of 160 lines in 20 steps, faster than the default 3e-4
     base.update(kw)
     return Config(**base)
 

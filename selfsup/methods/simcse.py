@@ -75,10 +75,11 @@ class SimCSE(Method):
     paper = "Gao, Yao & Chen 2021, SimCSE: Simple Contrastive Learning of Sentence Embeddings (EMNLP)"
     modality = "tokens"
     backbone_default = "transformer"
-    optimizers = {"adamw": OptimDefaults(lr=1e-3, weight_decay=0.0, source=(
+    optimizers = {"adamw": OptimDefaults(lr=3e-4, weight_decay=0.0, source=(
         f"wd: {REF} (the Hugging Face Trainer's default 0); lr: ours, for a tiny Transformer trained from scratch "
-        "(the paper fine-tunes pretrained BERT-base at 3e-5, appendix A); measured against 3e-5 and 3e-4 on "
-        "fortunes, see README"))}
+        "(the paper fine-tunes pretrained BERT-base at 3e-5, appendix A): on fortunes, 150 steps of batch 64, the "
+        "linear probe at 10% labels gave 22.6 / 23.2 / 21.0 / 18.4 at 3e-5 / 3e-4 / 1e-3 / 3e-3 (a larger rate "
+        "solves the in-batch task sooner and probes worse)"))}
     hardware_defaults = {"cpu": dict(batch_size=64, steps=600)}
 
     @dataclass
