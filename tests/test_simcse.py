@@ -113,8 +113,12 @@ def test_evaluation_gets_the_backbone_pooling_as_set_without_the_mlp(tmp_path):
     assert run.encoder.state_dict().keys() == {k for k in ckpt if k.startswith("backbone.")}
     assert any(k.startswith("mlp.") for k in ckpt)
     ids = torch.tensor([[CLS_ID, 7, 8, 9] + [PAD_ID] * 12])
-    torch.testing.assert_close(run.encoder(ids), run.encoder.backbone.forward_features(ids)["tokens"][:, 0])
-    assert get_method("simcse").Hparams().pool == "cls"
+    tokens = run.encoder.backbone.forward_features(ids)["tokens"]
+    torch.testing.assert_close(run.encoder(ids), tokens[:, :4].mean(1))  # the mean over non-pad, no MLP
+    assert get_method("simcse").Hparams().pool == "mean"
+    cls_run = pretrain(cfg(tmp_path / "cls", data, epochs=1, knn_every=0, method_args={"pool": "cls"}), progress=False)
+    encoder = load_run(cls_run).encoder
+    torch.testing.assert_close(encoder(ids), encoder.backbone.forward_features(ids)["tokens"][:, 0])
 
 
 def cfg(tmp_path, data, **kw):

@@ -89,11 +89,12 @@ class SimCSE(Method):
         dropout: float = setting(0.1, "dropout rate of the two passes (the embedding sum and every attention and "
                                       "MLP output; attention probabilities are not dropped)",
                                  source=f"{SIMCSE}, sec. 3 (BERT's default p = 0.1)")
-        pool: Literal["cls", "mean"] = setting("cls", "the sentence vector: the [CLS] position, or the mean over "
-                                                      "the tokens (also what evaluation sees)",
-                                               source=f"{SIMCSE}, appendix A and the pooling ablation (sec. 6.3): "
-                                                      "[CLS], with the MLP during training only, for unsupervised "
-                                                      "SimCSE")
+        pool: Literal["mean", "cls"] = setting("mean", "the sentence vector: the mean over the tokens, or the "
+                                                       "[CLS] position (also what evaluation sees)",
+                                               source=f"ours: on fortunes (150 steps, lr 3e-4) mean pooling probed "
+                                                      "better than [CLS]: linear 24.1 vs 23.2, kNN 20.6 vs 17.6 at "
+                                                      "10% labels (one seed); the paper uses [CLS] on pretrained "
+                                                      f"BERT ({SIMCSE}, appendix A; pooling ablation, sec. 6.3)")
         mlp: bool = setting(True, "a dense+tanh layer over the sentence vector during training only (dropped for "
                                   "evaluation)", source=f"{SIMCSE}, appendix A; {REF} (--mlp_only_train)")
         grad_clip: float | None = setting(1.0, "largest global gradient norm, clipped after backward (None: none)",
