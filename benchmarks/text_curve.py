@@ -112,7 +112,15 @@ def markdown(state: dict) -> str:
     names = {"knn_tuned": "kNN", "linear": "linear", "finetune": "fine-tune"}
     head = "| features | minutes (trained s) | steps | " + " | ".join(
         f"{100 * f:g}% {names[k]}" for f, k in cols) + " |"
-    lines = [head, "|---|---:|---:|" + "---:|" * len(cols)]
+    cap = state.get("finetune_max_steps")
+    note = (f"Pretrained on {', '.join(state['pretrain_data'])}, evaluated on {state['data']} "
+            f"({state.get('test_split')}); "
+            f"budget: {state['budget']} (seconds per step: "
+            + ", ".join(f"{m} {t['step_s']:.3f}" for m, t in state["timing"].items())
+            + "); kNN and linear tuned on each fraction's validation split; fine-tuning: ours LP-FT, random init from "
+            "scratch"
+            + (f", at most {cap} steps" if cap else "") + ".\n\n")
+    lines = [note + head, "|---|---:|---:|" + "---:|" * len(cols)]
     for row, res in state["baselines"].items():
         lines.append(f"| {row} | — | — | " + " | ".join(pct(res.get(str(f), {}).get(k)) for f, k in cols) + " |")
     for p in state["points"]:
@@ -147,11 +155,13 @@ def chart(state: dict, png: Path) -> None:
                 ax.axhline(100 * v, color=color, ls=ls, label=f"{row} {SHOW[key]}"
                            + (" (logistic regression)" if row == TFIDF_ROW else ""))
         ax.set_xscale("log")
+        ax.set_xticks(state["minutes"], [f"{m:g}" for m in state["minutes"]])
+        ax.minorticks_off()
         ax.set_xlabel("pretraining minutes (requested; log scale)")
         ax.set_ylabel(f"test accuracy (%) with {100 * f:g}% of the labels")
         ax.set_title(f"{state['data']}: {100 * f:g}% labels")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("Text pretraining against the clock: MLM and SimCSE vs. random init and TF-IDF")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +179,7 @@ def main(argv=None) -> dict:
     state_file = out / "curve.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     state.update(data=args.data, pretrain_data=args.pretrain_data or [args.data], fractions=fractions,
+                 finetune_max_steps=args.finetune_max_steps, backbone=args.backbone,
                  minutes=minutes, methods=methods, threads=args.threads, device=args.device, seed=args.seed,
                  budget=f"{TIMING_STEPS} steps of a scratch run timed per method, then floor(minutes * 60 / "
                         "seconds per step) steps")
