@@ -42,12 +42,13 @@ def applied_dropout(backbone: nn.Module, keep: torch.Tensor, p: float) -> Iterat
         return lambda x: x * keep[site].to(x.dtype) * scale
 
     first = drop(0)
-    handles = [backbone.blocks[0].register_forward_pre_hook(lambda m, args: (first(args[0]), *args[1:]))]
-    for i, block in enumerate(backbone.blocks):
-        for j, part in enumerate((block.proj, block.mlp)):
-            fn = drop(1 + 2 * i + j)
-            handles.append(part.register_forward_hook(lambda m, args, out, fn=fn: fn(out)))
+    handles = []
     try:
+        handles.append(backbone.blocks[0].register_forward_pre_hook(lambda m, args: (first(args[0]), *args[1:])))
+        for i, block in enumerate(backbone.blocks):
+            for j, part in enumerate((block.proj, block.mlp)):
+                fn = drop(1 + 2 * i + j)
+                handles.append(part.register_forward_hook(lambda m, args, out, fn=fn: fn(out)))
         yield
     finally:
         for h in handles:
