@@ -1,10 +1,10 @@
-"""Workers for tests/test_distributed_joint.py: BYOL, SimSiam, Barlow Twins and VICReg on 2 gloo processes.
+"""Workers for tests/test_distributed_joint.py: BYOL, SimSiam, Barlow Twins, VICReg and SimCSE on 2 gloo processes.
 
 `spawn(out)` forks 2 processes (forked, they import nothing again) that join a gloo group through a file store in
 `out` and, on this rank's slice of fixed global batches:
   - take two SGD steps of each method, DDP-wrapped with global BatchNorm exactly as the training loop wraps it,
     recording the (global mean) loss, every trainable gradient and the state before each step;
-  - run the Barlow Twins and VICReg losses alone on leaf embeddings, recording their gradients, once through
+  - run the Barlow Twins, VICReg and SimCSE losses alone on leaf embeddings, recording their gradients, once through
     the real gather and once through gathers broken the two ways peers shipped (a backward that returns only the
     local slice, solo-learn #232 / lightly #1531; a plain all_gather autograd cannot see, lightly #1977), so the
     test can show that its comparison catches both.
@@ -24,8 +24,10 @@ import torch.distributed as dist
 
 from selfsup.data import image_spec
 from selfsup.methods.barlow_twins import BarlowTwins
+from selfsup.data import DataSpec
 from selfsup.methods.byol import BYOL
 from selfsup.methods.dino import DINO
+from selfsup.methods.simcse import SimCSE
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.vicreg import VICReg
 
@@ -37,6 +39,9 @@ METHODS = {
     "barlow_twins": lambda: BarlowTwins(SPEC, BarlowTwins.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
     "vicreg": lambda: VICReg(SPEC, VICReg.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
 }
+# Text methods (no BatchNorm: their reduction over the batch is the loss's gathered keys alone).
+TEXT_SPEC = DataSpec("tokens", (10,), vocab_size=40, pad_id=0)
+TEXT_METHODS = {"simcse": lambda: SimCSE(TEXT_SPEC, SimCSE.Hparams(), "transformer_tiny")}
 
 
 DINO_HP = DINO.Hparams(prototypes=24, hidden=32, bottleneck=8, momentum=0.9, local_crops=3, local_size=4)
@@ -66,12 +71,22 @@ def dino_local(batch: dict, r: int, w: int) -> dict:
 def build(name: str) -> torch.nn.Module:
     """The same freshly initialised method on every process and in the test."""
     torch.manual_seed(0)
-    return METHODS[name]()
+    return {**METHODS, **TEXT_METHODS}[name]()
 
 
-def global_batches(steps: int = 2) -> list[dict[str, torch.Tensor]]:
-    """Fixed global batches of B view pairs, one per step."""
+def global_batches(steps: int = 2, name: str = "byol") -> list[dict[str, torch.Tensor]]:
+    """Fixed global batches, one per step: B view pairs, or for a text method its make_batch of B sentences
+    (ids and the per-sentence dropout masks), drawn once on the global batch."""
     g = torch.Generator().manual_seed(1)
+    if name in TEXT_METHODS:
+        method = build(name)
+        out = []
+        for _ in range(steps):
+            ids = torch.randint(5, 40, (B, 10), generator=g)
+            ids[:, 0] = 1  # [CLS]
+            ids[B // 2:, 6:] = 0  # padding in half the rows
+            out.append(method.make_batch(ids, g))
+        return out
     return [{"v1": torch.randn(B, 1, 8, 8, generator=g), "v2": torch.randn(B, 1, 8, 8, generator=g)}
             for _ in range(steps)]
 
@@ -145,14 +160,15 @@ def loss_grads(r: int, w: int) -> dict:
     from selfsup.distributed import gather
 
     # the modules (selfsup.losses exports functions of the same names)
-    barlow, vicreg = (importlib.import_module(f"selfsup.losses.{m}") for m in ("barlow", "vicreg"))
+    barlow, vicreg, simcse = (importlib.import_module(f"selfsup.losses.{m}") for m in ("barlow", "vicreg", "simcse"))
 
     z1, z2 = embeddings()
     b = B // w
     out = {}
     for kind, fn in (("real", gather), ("local_slice", LocalSliceBackward.apply), ("plain", plain_gather)):
         for name, module, loss_fn in (("barlow_twins", barlow, barlow.barlow_twins),
-                                      ("vicreg", vicreg, lambda a, c: vicreg.vicreg(a, c)[0])):
+                                      ("vicreg", vicreg, lambda a, c: vicreg.vicreg(a, c)[0]),
+                                      ("simcse", simcse, simcse.simcse_loss)):
             real, module.gather = module.gather, fn
             try:
                 a = z1[r * b:(r + 1) * b].clone().requires_grad_(True)
@@ -177,7 +193,11 @@ def joint(out: Path) -> None:
         for name in METHODS:
             method = build(name)
             model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
-            result[name] = run_steps(model, method, global_batches(), r, w)
+            result[name] = run_steps(model, method, global_batches(name=name), r, w)
+        for name in TEXT_METHODS:
+            method = build(name)
+            model = wrap(method, Config(), torch.device("cpu"))
+            result[name] = run_steps(model, method, global_batches(name=name), r, w)
         result["loss_grads"] = loss_grads(r, w)
         dino_loss_module = importlib.import_module("selfsup.losses.dino")
         for key, centre_mean in (("dino", dino_loss_module.mean_over_processes), ("dino_local_centre", lambda x: x)):

@@ -1,18 +1,19 @@
-"""BYOL, SimSiam, Barlow Twins and VICReg on 2 gloo processes (forked, tests/dist_joint_workers.py): the loss and
-every gradient equal one process's on the global batch. Each of these losses reduces over the batch: BYOL and
-SimSiam through BatchNorm (global, in BYOL's target too), Barlow Twins through the cross-correlation, VICReg
-through the variance and covariance (both gathered with gradients). The losses alone are also run through the
-two broken gathers peers shipped, to show the comparison catches them. DINO's loss is per sample but its centre is
-a mean over the global batch (all-reduced): its steps are compared the same way, and again with the centre
-averaged over each process's rows only, which the comparison must catch."""
+"""BYOL, SimSiam, Barlow Twins, VICReg and SimCSE on 2 gloo processes (forked, tests/dist_joint_workers.py): the
+loss and every gradient equal one process's on the global batch. Each of these losses reduces over the batch: BYOL
+and SimSiam through BatchNorm (global, in BYOL's target too), Barlow Twins through the cross-correlation, VICReg
+through the variance and covariance (both gathered with gradients), SimCSE through its gathered keys (the second
+dropout passes; its dropout masks are drawn per sentence, so each process holds its own rows'). The losses alone
+are also run through the two broken gathers peers shipped, to show the comparison catches them. DINO's loss is per
+sample but its centre is a mean over the global batch (all-reduced): its steps are compared the same way, and
+again with the centre averaged over each process's rows only, which the comparison must catch."""
 import pytest
 import torch
 
 import dist_joint_workers as W
 from selfsup.distributed import state_digest
-from selfsup.losses import barlow_twins, vicreg
+from selfsup.losses import barlow_twins, simcse_loss, vicreg
 
-NAMES = list(W.METHODS)
+NAMES = list(W.METHODS) + list(W.TEXT_METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def one_process(name: str, state: dict | None = None, steps=slice(None)) -> dict
     method = W.build(name)
     if state is not None:
         method.load_state_dict(state)
-    return W.run_steps(method, method, W.global_batches()[steps], 0, 1)
+    return W.run_steps(method, method, W.global_batches(name=name)[steps], 0, 1)
 
 
 def assert_same_step(rec: dict, ref: dict, step: int, ref_step: int, what: str) -> None:
@@ -53,30 +54,34 @@ def test_two_processes_give_the_loss_and_every_gradient_of_one_process_on_the_gl
 
 
 def test_every_batchnorm_is_global_on_two_processes_byol_target_included(ranks):
-    for name in NAMES:
+    for name in W.METHODS:
         assert ranks[0][name]["norms"] == ["GlobalBatchNorm"], name  # no per-process BatchNorm left anywhere
     assert ranks[0]["byol"]["target_norms"] == ["GlobalBatchNorm"]
     assert ranks[0]["warnings"] == [] and ranks[1]["warnings"] == []
 
 
-@pytest.mark.parametrize("name", ["barlow_twins", "vicreg"])
+@pytest.mark.parametrize("name", ["barlow_twins", "vicreg", "simcse"])
 def test_loss_gradients_through_the_gather_equal_one_process_and_broken_gathers_do_not(ranks, name):
     z1, z2 = (z.clone().requires_grad_(True) for z in W.embeddings())
-    loss = barlow_twins(z1, z2) if name == "barlow_twins" else vicreg(z1, z2)[0]
+    loss = {"barlow_twins": barlow_twins, "vicreg": lambda a, c: vicreg(a, c)[0], "simcse": simcse_loss}[name](z1, z2)
     loss.backward()
     b = W.B // 2
     for r, rec in enumerate(ranks):
         value, g1, g2 = rec["loss_grads"][(name, "real")]
         if name == "barlow_twins":  # every process computes the one global loss
             torch.testing.assert_close(value, loss.detach(), rtol=1e-5, atol=0)
+        if name == "simcse":  # each process its rows' mean: their mean is the global loss
+            other = ranks[1 - r]["loss_grads"][(name, "real")][0]
+            torch.testing.assert_close((value + other) / 2, loss.detach(), rtol=1e-5, atol=0)
         # Rank r's gradient is the sum over both processes' losses (the gather's backward); DDP's average then
         # halves it: g / 2 is the global loss's gradient for rank r's rows.
         torch.testing.assert_close(g1 / 2, z1.grad[r * b:(r + 1) * b], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(g2 / 2, z2.grad[r * b:(r + 1) * b], rtol=1e-4, atol=1e-7)
         for broken in ("local_slice", "plain"):  # the same comparison fails for both broken gathers
-            _, b1, _ = rec["loss_grads"][(name, broken)]
-            with pytest.raises(AssertionError):
+            _, b1, b2 = rec["loss_grads"][(name, broken)]
+            with pytest.raises(AssertionError):  # in z1's gradient, or (SimCSE gathers only z2) in z2's
                 torch.testing.assert_close(b1 / 2, z1.grad[r * b:(r + 1) * b], rtol=1e-2, atol=1e-6)
+                torch.testing.assert_close(b2 / 2, z2.grad[r * b:(r + 1) * b], rtol=1e-2, atol=1e-6)
 
 
 def test_dino_on_two_processes_equals_one_process_on_the_global_batch_centre_included(ranks):

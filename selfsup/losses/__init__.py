@@ -6,7 +6,9 @@ from .dino import dino_center, dino_loss, teacher_temperature
 from .info_nce import info_nce, info_nce_logits
 from .nt_xent import nt_xent, nt_xent_logits
 from .reconstruction import reconstruction_mse
+from .simcse import simcse_logits, simcse_loss
 from .vicreg import vicreg
 
-__all__ = ["barlow_twins", "byol_loss", "dino_center", "dino_loss", "embedding_std", "info_nce", "info_nce_logits", "negative_cosine", "nt_xent",
-           "nt_xent_logits", "reconstruction_mse", "teacher_temperature", "top1", "vicreg"]
+__all__ = ["barlow_twins", "byol_loss", "dino_center", "dino_loss", "embedding_std", "info_nce", "info_nce_logits",
+           "negative_cosine", "nt_xent", "nt_xent_logits", "reconstruction_mse", "simcse_logits", "simcse_loss",
+           "teacher_temperature", "top1", "vicreg"]
