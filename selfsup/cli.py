@@ -203,7 +203,7 @@ def build_parser(method: str = "simclr") -> argparse.ArgumentParser:
     ex.add_argument("--format", default="safetensors", help="comma-separated: safetensors (always written), onnx "
                                                             "(needs pip install 'selfsup[onnx]')")
     ex.add_argument("--layer", default="pooled", help="the layer whose features the export gives (default pooled)")
-    from .bench_cli import add_bench_parser
+    from .bench.cli import add_bench_parser
 
     bn = add_bench_parser(sub)
     me = sub.add_parser("methods", help="list the methods with their papers, data, settings and defaults",
@@ -320,7 +320,7 @@ def _run(argv: list[str] | None) -> int:
 
         print(export(args.run_dir, args.out, args.format, args.layer))
     elif args.command == "bench":
-        from .bench_cli import run_bench
+        from .bench.cli import run_bench
 
         print(run_bench(args, progress)["markdown"])
     elif args.command == "methods":
