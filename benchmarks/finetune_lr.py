@@ -19,7 +19,7 @@ from selfsup.api import augment_for
 from selfsup.data import load_data
 from selfsup.evaluate import extract_features, finetune
 from selfsup.evaluate.linear import fit_linear
-from selfsup.evaluate.subsets import class_balanced_subset, stratified_holdout
+from selfsup.data.splits import class_balanced_subset, stratified_holdout
 from selfsup.evaluate.tuning import DEFAULT_L2
 from selfsup.rundir import load_run
 
