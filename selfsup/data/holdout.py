@@ -4,11 +4,11 @@ The rule that keeps evaluation honest lives here: a source without its own test 
 (and stratified where labels exist), before pretraining. The holdout's indices go to RUN_DIR/holdout.json;
 pretraining, its normalisation statistics and the kNN monitor see only the rest; `selfsup eval` tests on
 exactly that holdout.
+`cfg` is a run's Config and `paths` its RunPaths, read but not imported (see prepare.py).
 """
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,19 +17,16 @@ from selfsup.data.splits import complement, holdout_indices
 from selfsup.data.types import Dataset
 from selfsup.errors import SelfSupError
 
-if TYPE_CHECKING:
-    from selfsup.config import Config
-    from selfsup.rundir import RunPaths
 
 
-def new_holdout(cfg: Config, full: Dataset) -> torch.Tensor | None:
+def new_holdout(cfg, full: Dataset) -> torch.Tensor | None:
     """Indices to set aside before pretraining: none when the source has its own test split or --holdout is 0."""
     if cfg.holdout == 0 or load_data(cfg.data, "test", labels=cfg.labels) is not None:
         return None
     return holdout_indices(full.labels, len(full), cfg.holdout, cfg.seed)
 
 
-def without_holdout(cfg: Config, full: Dataset, index: torch.Tensor | None, own_test: bool) -> tuple[Dataset, str]:
+def without_holdout(cfg, full: Dataset, index: torch.Tensor | None, own_test: bool) -> tuple[Dataset, str]:
     """The samples pretraining may see, and a note saying where the evaluation's test data comes from."""
     if index is not None:
         kind = "stratified" if full.labels is not None else "random"
@@ -40,13 +37,13 @@ def without_holdout(cfg: Config, full: Dataset, index: torch.Tensor | None, own_
     return full, "none: pretrained on every sample (--holdout 0)"
 
 
-def save_holdout(paths: RunPaths, cfg: Config, n: int, index: torch.Tensor) -> None:
+def save_holdout(paths, cfg, n: int, index: torch.Tensor) -> None:
     """RUN_DIR/holdout.json: the indices (into the source's samples) set aside before pretraining."""
     paths.holdout.write_text(json.dumps(dict(data=cfg.data, n=n, fraction=cfg.holdout, seed=cfg.seed,
                                              indices=index.tolist())))
 
 
-def load_holdout(paths: RunPaths, n: int) -> torch.Tensor | None:
+def load_holdout(paths, n: int) -> torch.Tensor | None:
     """The run's holdout indices into its source of n samples (None when it has none); checks the source size."""
     if not paths.holdout.is_file():
         return None

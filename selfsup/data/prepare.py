@@ -6,6 +6,9 @@ the run's own), and the checks that the data suits the run.
 torchrun rank 0 broadcasts `shared_parts` and every other process rebuilds the same samples with
 `replica_data` (train/parallel.py). `eval` and `embed` (api.py) call `eval_data` and `embed_data`, which read
 data as the run read its own and turn text into ids with the run's tokenizer.
+
+`cfg` is a run's Config (config.py), `paths` its RunPaths and `run` a TrainedRun (rundir.py): their fields are
+read here, their modules never imported, so that data/ stays below the run's configuration and directory.
 """
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,14 +28,9 @@ from selfsup.data.tokenize import as_tokens, fit_for, run_tokenizer, save_tokeni
 from selfsup.data.types import DataSpec, Dataset
 from selfsup.errors import SelfSupError
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from selfsup.config import Config
-    from selfsup.rundir import RunPaths, TrainedRun
 
 
-def folder_options(cfg: Config, progress: bool | None = None) -> FolderOptions:
+def folder_options(cfg, progress: bool | None = None) -> FolderOptions:
     """How cfg.data is decoded when it is an image folder."""
     return FolderOptions(image_size=cfg.image_size, background=cfg.background, skip_bad=cfg.skip_bad,
                          cache=cfg.cache, progress=progress)
@@ -50,7 +47,7 @@ class PretrainData:
     index: torch.Tensor | None  # the holdout's indices into `full` (None: no holdout)
     tokenizer: object | None  # text: the tokenizer fitted to the pretraining split
 
-    def save(self, paths: RunPaths, cfg: Config) -> None:
+    def save(self, paths, cfg) -> None:
         """RUN_DIR/holdout.json, tokenizer.json and skipped.txt, as far as the run has them."""
         if self.index is not None:
             save_holdout(paths, cfg, len(self.full), self.index)
@@ -60,7 +57,7 @@ class PretrainData:
             paths.skipped.write_text("".join(p + "\n" for p in self.full.skipped))
 
 
-def pretraining_data(cfg: Config, train: Dataset | None = None) -> PretrainData:
+def pretraining_data(cfg, train: Dataset | None = None) -> PretrainData:
     """A new run's data: the source's training split less a seeded holdout (or `train`, given by the caller and
     used whole), at least 2 samples, its text turned into ids by a tokenizer fitted to that split alone."""
     if train is not None:
@@ -77,7 +74,7 @@ def pretraining_data(cfg: Config, train: Dataset | None = None) -> PretrainData:
     return PretrainData(full, as_tokens(data, tokenizer), note, index, tokenizer)
 
 
-def resumed_data(cfg: Config, paths: RunPaths, train: Dataset | None = None) -> tuple[Dataset, str]:
+def resumed_data(cfg, paths, train: Dataset | None = None) -> tuple[Dataset, str]:
     """A resumed run's pretraining data (its saved holdout removed, its own tokenizer applied, never refitted)
     and the note on its test data; `train`, given by the caller, is used whole."""
     full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels,
@@ -87,7 +84,7 @@ def resumed_data(cfg: Config, paths: RunPaths, train: Dataset | None = None) -> 
     return as_tokens(data, run_tokenizer(paths.root)), note  # text: the run's own tokenizer, never refitted
 
 
-def shared_parts(paths: RunPaths, given: bool) -> dict:
+def shared_parts(paths, given: bool) -> dict:
     """What the other processes need to rebuild rank 0's pretraining data, as plain values to broadcast: the
     holdout's indices (None when the caller gave the data) and the text of the run's tokenizer (None: none)."""
     index = json.loads(paths.holdout.read_text())["indices"] if paths.holdout.is_file() and not given else None
@@ -95,7 +92,7 @@ def shared_parts(paths: RunPaths, given: bool) -> dict:
     return dict(index=index, tokenizer=tok.read_text() if tok.is_file() else None)
 
 
-def replica_data(cfg: Config, index: list[int] | None, tokenizer: str | None) -> Dataset:
+def replica_data(cfg, index: list[int] | None, tokenizer: str | None) -> Dataset:
     """On a process other than rank 0: the samples rank 0 pretrains on, from `shared_parts` (its holdout
     removed, its tokenizer applied)."""
     full = load_data(cfg.data, "train", labels=cfg.labels, folder=folder_options(cfg))
@@ -103,7 +100,7 @@ def replica_data(cfg: Config, index: list[int] | None, tokenizer: str | None) ->
     return as_tokens(without_holdout(cfg, full, index, own_test=False)[0], tokenizer_from_json(tokenizer))
 
 
-def too_few_message(cfg: Config, full: Dataset, data: Dataset) -> str:
+def too_few_message(cfg, full: Dataset, data: Dataset) -> str:
     """Why fewer than 2 samples are left for pretraining: how many the source holds, what the holdout took, and
     (all labels distinct) a hint that a TSV's columns may be swapped."""
     unit = "document" if full.kind == "text" else "sample"
@@ -122,7 +119,7 @@ def same_source(a: str, b: str) -> bool:
     return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
-def run_folder_options(run: TrainedRun, own: bool, progress: bool | None = None, **given) -> FolderOptions:
+def run_folder_options(run, own: bool, progress: bool | None = None, **given) -> FolderOptions:
     """How eval/embed decode an image folder: as the run did for its own data; for other data, at the size the
     encoder was trained on (square runs; else the images' own size), keeping unreadable files an error.
     `given`: image_size, skip_bad, cache passed by the caller, which win."""
@@ -133,7 +130,7 @@ def run_folder_options(run: TrainedRun, own: bool, progress: bool | None = None,
     return dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
 
 
-def load_eval_splits(src: str, labels: str | None = None, seed: int = 0, run: RunPaths | None = None,
+def load_eval_splits(src: str, labels: str | None = None, seed: int = 0, run=None,
                      folder: FolderOptions | None = None) -> tuple[Dataset, Dataset, str]:
     """Labelled (train, test) splits of a source, and a note on where the test split came from.
 
@@ -163,8 +160,8 @@ def check_compatible(data: Dataset, spec: DataSpec, what: str) -> None:
         raise SelfSupError(f"{what} holds {data.kind} {shape}; the run was trained on {spec.describe()}")
 
 
-def eval_data(run: TrainedRun, paths: RunPaths, data: str | None, labels: str | None, seed: int,
-              progress: bool | None = None, **given) -> tuple[str, Dataset, Dataset, str]:
+def eval_data(run, paths, data: str | None, labels: str | None, seed: int, progress: bool | None = None,
+              **given) -> tuple[str, Dataset, Dataset, str]:
     """`selfsup eval`'s data: (source, train, test, note on the test split) of `data` (default: the run's own,
     tested on its holdout), decoded as `run_folder_options` says and tokenized with the run's tokenizer.
     `given`: the folder options passed by the caller (image_size, skip_bad, cache; None: the run's)."""
@@ -179,8 +176,7 @@ def eval_data(run: TrainedRun, paths: RunPaths, data: str | None, labels: str | 
     return src, train, test, note
 
 
-def embed_data(run: TrainedRun, run_dir: str | Path, data: str, split: str, labels: str | None,
-               **given) -> Dataset:
+def embed_data(run, run_dir, data: str, split: str, labels: str | None, **given) -> Dataset:
     """`selfsup embed`'s samples: `split` of `data`, decoded as `run_folder_options` says, tokenized with the
     tokenizer saved in `run_dir` (a run or an export), checked against the encoder's input."""
     folder = run_folder_options(run, same_source(data, run.config.data), **given)
