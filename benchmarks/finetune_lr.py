@@ -26,7 +26,7 @@ from selfsup.data.tokenize import as_tokens, run_tokenizer
 from selfsup.evaluate import extract_features, finetune
 from selfsup.evaluate.linear import fit_linear
 from selfsup.evaluate.report import finetune_starts
-from selfsup.evaluate.subsets import class_balanced_subset, stratified_holdout
+from selfsup.data.splits import class_balanced_subset, stratified_holdout
 from selfsup.evaluate.tuning import DEFAULT_L2
 from selfsup.rundir import RunPaths, load_run
 

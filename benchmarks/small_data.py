@@ -28,7 +28,7 @@ import torch
 
 from selfsup import Config, evaluate, pretrain
 from selfsup.data import load_data
-from selfsup.evaluate.subsets import class_balanced_subset
+from selfsup.data.splits import class_balanced_subset
 from selfsup.rundir import RunPaths
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from selfsup import Config, evaluate, pretrain
-from selfsup.bench import TIMING_STEPS, _time_steps
+from selfsup.bench.run import TIMING_STEPS, _time_steps
 from selfsup.evaluate.report import RANDOM_ROW
 from selfsup.evaluate.tfidf import TFIDF_ROW
 from selfsup.rundir import RunPaths

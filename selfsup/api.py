@@ -1,7 +1,6 @@
 """The Python API: everything the CLI does is one call here."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -12,19 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_STEPS, Config, folder_options
-from .data import Dataset, DataSpec, FolderOptions, load_data
-from .data.corpus import sources_of
-from .data.tokenize import as_tokens, run_tokenizer
+from .config import MAX_BATCH, MAX_IMAGE_SIZE, MAX_STEPS, Config
+from .data import DataSpec
+from .data.prepare import embed_data, eval_data
 from .device import pick_device
 from .embed_out import check_out_format, write_features
 from .errors import SelfSupError
-from .evaluate import evaluate_encoder, extract_features, format_markdown
+from .evaluate import evaluate_encoder, extract_features
+from .evaluate.markdown import markdown_report
 from .evaluate.report import PROTOCOLS, RANDOM_ROW, finetune_starts
-from .evaluate.layers import SELECT_SAMPLES
-from .evaluate.tuning import KNN_KS, L2_GRID, MAX_EXTEND
-from .evaluate.subsets import complement, eval_splits
-from .rundir import RunPaths, load_holdout, load_run
+from .evaluate.tuning import KNN_KS, L2_GRID
+from .rundir import RunPaths, load_run
 from .train.loop import pretrain
 from .views.recipes import finetune_views
 
@@ -62,54 +59,6 @@ def _check_eval_args(fractions, protocols, k: int, temperature: float, finetune_
         if failed:
             raise SelfSupError(message)
     _check_image_size(image_size)
-
-
-def load_eval_splits(src: str, labels: str | None = None, seed: int = 0, run: RunPaths | None = None,
-                     folder: FolderOptions | None = None) -> tuple[Dataset, Dataset, str]:
-    """Labelled (train, test) splits of a source, and a note on where the test split came from.
-
-    With `run` (the source is the one the run pretrained on): the source's own test split, else exactly the
-    holdout set aside before pretraining; never images the encoder was pretrained on. Otherwise: the source's
-    own test split, else a seeded stratified 80/20 holdout.
-    """
-    train = load_data(src, "train", labels=labels, folder=folder)
-    if train.labels is None:
-        raise SelfSupError(f"{src} has no labels; evaluation needs labelled data (class subfolders, "
-                           "an npz 'labels' array, or --labels FILE)")
-    test = load_data(src, "test", labels=labels)
-    if run is None or (test is not None and test.labels is not None):
-        return eval_splits(train, test, seed)
-    index = load_holdout(run, len(train), src, _same_source)  # a union's part: that source's own holdout
-    if index is None:
-        raise SelfSupError(f"{run.root} was pretrained on every sample of {src} (no holdout), so none of them can "
-                           "test it: evaluate on other labelled data (--data), or pretrain with --holdout 0.2")
-    note = f"the run's holdout: {len(index)} samples set aside before pretraining"
-    return train.subset(complement(len(train), index)), train.subset(index), note
-
-
-def _same_source(a: str, b: str | list[str]) -> bool:
-    """Whether source `a` is `b`, or one of the sources `b` lists (a run pretrained on several)."""
-    if not isinstance(b, str):
-        return any(_same_source(a, one) for one in b)
-    return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
-
-
-def run_folder_options(run, own: bool, progress: bool | None = None, **given) -> FolderOptions:
-    """How eval/embed decode an image folder: as the run did for its own data; for other data, at the size the
-    encoder was trained on (square runs; else the images' own size), keeping unreadable files an error.
-    `given`: image_size, skip_bad, cache passed by the caller, which win."""
-    opts = folder_options(run.config, progress)
-    if not own:
-        h, w = run.spec.shape[1:] if run.spec.kind == "image" else (0, 1)
-        opts = dataclasses.replace(opts, image_size=h if h == w else None, skip_bad=False)
-    return dataclasses.replace(opts, **{k: v for k, v in given.items() if v is not None})
-
-
-def _check_compatible(data: Dataset, spec: DataSpec, what: str) -> None:
-    """The run's encoder takes data of its own kind and (for images) shape."""
-    if data.kind != spec.kind or (spec.kind == "image" and tuple(data.x.shape[1:]) != spec.shape):
-        shape = "x".join(map(str, data.x.shape[1:]))
-        raise SelfSupError(f"{what} holds {data.kind} {shape}; the run was trained on {spec.describe()}")
 
 
 def augment_for(spec: DataSpec):
@@ -165,14 +114,9 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
     if layer != "best":
         run.encoder.at_layer(layer)  # an unknown layer is refused before any data is read
     dev = pick_device(device)
-    src = data or sources_of(run.config.data)[0]  # several sources: the first, unless --data names another
-    own = _same_source(src, run.config.data)
-    folder = run_folder_options(run, own, progress, image_size=image_size, skip_bad=skip_bad, cache=cache)
-    train, test, split_note = load_eval_splits(src, labels or (run.config.labels if own else None), seed,
-                                               RunPaths(Path(run_dir)) if own else None, folder)
-    tokenizer = run_tokenizer(run_dir)  # text: the run's tokenizer, fitted to its pretraining split
-    train, test = as_tokens(train, tokenizer), as_tokens(test, tokenizer)
-    _check_compatible(train, run.spec, src)
+    # the run's own data is tested on its holdout; text: the run's tokenizer, fitted to its pretraining split
+    src, train, test, split_note = eval_data(run, RunPaths(Path(run_dir)), data, labels, seed, progress,
+                                             image_size=image_size, skip_bad=skip_bad, cache=cache)
     budget = eval_defaults(dev)
     finetune_epochs = finetune_epochs or budget["finetune_epochs"]
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
@@ -196,66 +140,12 @@ def evaluate(run_dir: str | Path, data: str | None = None, *, labels: str | None
         from .evaluate.plots import write_plots
         result["plots"] = write_plots(run_dir, run.encoder.at_layer(result["layer"]), train, test, dev, name,
                                       result["layer"], seed)["files"]
-    md = _markdown_report(result)
+    md = markdown_report(result)
     run_path = Path(run_dir)
     (run_path / "eval.json").write_text(json.dumps(result, indent=2))
     (run_path / "eval.md").write_text(md + "\n")
     result["markdown"] = md
     return result
-
-
-def _starts(starts: dict) -> str:
-    return "; ".join(f"{row} from {'its linear probe (LP-FT)' if v['probe'] else 'a fresh head'}, "
-                     f"{v.get('optimizer', 'sgd')} lr {v['lr']:g}" for row, v in starts.items())
-
-
-def _markdown_report(result: dict) -> str:
-    cap = f", at most {result['finetune_max_steps']} steps" if result["finetune_max_steps"] else ""
-    head = (f"**{result['method']}** ({result['backbone']}, {result['pretrain_epochs']} epochs) on {result['data']}: "
-            f"train {result['splits']['train']}, test {result['splits']['test']} ({result['test_split']}); "
-            f"device {result['device']}.\nkNN: cosine, T={result['temperature']}; k=200 is the literature's fixed "
-            f"protocol (capped at the smallest class); tuned k from {result['knn_ks']} and the linear probe's L2 "
-            f"from {result['l2_grid']} (extended a decade at a time, at most {MAX_EXTEND}, past an edge that wins) "
-            f"are chosen on {result['validation']}, the same rule for every row. "
-            f"Fine-tuning: {result['finetune_epochs']} epochs, at least {result['finetune_min_steps']} steps{cap}; "
-            f"{_starts(result['finetune_start'])}, "
-            + ("each the start that validated better for it." if all(v.get("validated", True) for v in
-                                                                     result["finetune_start"].values())
-               else "common settings, not validated on this data."))
-    head += _probe_line(result) + _layer_line(result)
-    return head + "\n\n" + format_markdown(result)
-
-
-def _probe_line(result: dict) -> str:
-    """The report's note on the linear probes' refits: each starts from its validated solution; converged?"""
-    fits = [r for r in result["results"] if r.get("linear_converged") is not None]
-    if not fits:
-        return ""
-    stuck = [f"{r['features']} at {100 * r['fraction']:g}%" for r in fits if not r["linear_converged"]]
-    most = max(r["linear_iterations"] for r in fits)
-    state = f"NOT converged for {', '.join(stuck)}" if stuck else "all converged"
-    return (f"\nLinear probe: each refit on the whole labelled subset starts from the probe that validated at the "
-            f"chosen L2 and runs L-BFGS to convergence (largest gradient component <= 1e-4): {state} "
-            f"(at most {most} iterations).")
-
-
-def _layer_line(result: dict) -> str:
-    """The report's note on the layer probed; nothing for the default (the table reads as it always did)."""
-    if result.get("layer_per_fraction"):
-        parts = []
-        for r in result["results"]:
-            c = r.get("layer_choice")
-            if c:
-                scores = ", ".join(f"{n} {100 * v:.1f}" for n, v in c["scores"].items())
-                why = f"{scores}; {c['validation']} of {c['samples']}" if scores else \
-                    "too few labels a class to validate: the default"
-                parts.append(f"{r['features']} at {100 * r['fraction']:g}%: {r['layer']} ({why})")
-        by = result["layer_choice"]["by"]
-        return (f"\nLayer (best): chosen for each label fraction and encoder as the layer whose {by} probe "
-                f"validated best on that fraction's own labelled subset (at most {SELECT_SAMPLES:,} of it; its "
-                f"seeded, class-balanced 20% validates; never the test split); validation accuracy by layer: "
-                + "; ".join(parts) + ".")
-    return "" if result.get("layer", "pooled") == "pooled" else f"\nLayer: {result['layer']} (both encoders)."
 
 
 def _check_out_file(out: Path) -> None:
@@ -304,12 +194,7 @@ def embed(run_dir: str | Path, data: str, out: str | Path, *, split: str = "trai
     run = export_as_run(run_dir) if is_export(Path(run_dir)) else load_run(run_dir)  # an export folder, or a run
     encoder = run.encoder.at_layer(_embed_layer(Path(run_dir), layer))
     dev = pick_device(device)
-    folder = run_folder_options(run, _same_source(data, run.config.data), image_size=image_size,
-                                skip_bad=skip_bad, cache=cache)
-    samples = as_tokens(load_data(data, split, labels=labels, folder=folder), run_tokenizer(run_dir))
-    if samples is None:
-        raise SelfSupError(f"{data} has no {split!r} split")
-    _check_compatible(samples, run.spec, data)
+    samples = embed_data(run, run_dir, data, split, labels, image_size=image_size, skip_bad=skip_bad, cache=cache)
     t0 = time.perf_counter()
     feats = extract_features(encoder.to(dev), samples.x, dev, batch_size=batch_size)
     feats = feats.cpu().numpy().astype(np.float32)

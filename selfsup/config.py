@@ -11,7 +11,6 @@ import yaml
 
 from .data.budget import SIZE_HELP, size_ok
 from .data.decode import parse_background
-from .data.folder import FolderOptions
 from .errors import SelfSupError
 from .methods import get_method
 from .methods.hparams import hparams_to_dict, nearest, parse_hparams
@@ -220,12 +219,6 @@ def _colour(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def folder_options(cfg: Config, progress: bool | None = None) -> FolderOptions:
-    """How cfg.data is decoded when it is an image folder."""
-    return FolderOptions(image_size=cfg.image_size, background=cfg.background, skip_bad=cfg.skip_bad,
-                         cache=cfg.cache, progress=progress)
 
 
 def validate(cfg: Config, source: str | None = None) -> None:

@@ -22,7 +22,7 @@ N_CHECK = 16  # samples the ONNX output is compared on
 def real_samples(run: TrainedRun, run_dir: Path, n: int = N_CHECK) -> tuple[torch.Tensor, str]:
     """Up to n samples of the run's own data as the encoder takes them, and what they are; random inputs of the
     right shape when the data cannot be read any more (said so in config.json)."""
-    from .api import run_folder_options
+    from .data.prepare import run_folder_options
     from .data import load_data
     from .data.tokenize import as_tokens, run_tokenizer
     try:

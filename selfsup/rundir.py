@@ -1,7 +1,6 @@
 """A run directory: its layout, and rebuilding the method a run trained."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -57,29 +56,6 @@ class RunPaths:
     def skipped(self) -> Path:
         """The unreadable files a folder source left out (--skip-bad), one path a line."""
         return self.root / "skipped.txt"
-
-
-def save_holdout(paths: RunPaths, cfg: Config, n: int, index: torch.Tensor, **extra) -> None:
-    """RUN_DIR/holdout.json: the indices (into the source's samples) set aside before pretraining; `extra`:
-    a union's parts (selfsup.data.corpus)."""
-    paths.holdout.write_text(json.dumps(dict(data=cfg.data, n=n, fraction=cfg.holdout, seed=cfg.seed,
-                                             indices=index.tolist(), **extra)))
-
-
-def load_holdout(paths: RunPaths, n: int, part: str | None = None, same=None) -> torch.Tensor | None:
-    """The run's holdout indices into its source of n samples (None when it has none); checks the source size.
-    `part`: one source of a run pretrained on several (indices into that source; `same` compares names)."""
-    if not paths.holdout.is_file():
-        return None
-    saved = json.loads(paths.holdout.read_text())
-    if part is not None and "parts" in saved:
-        from .data.corpus import part_holdout
-
-        return part_holdout(saved, part, n, same)
-    if saved["n"] != n:
-        raise SelfSupError(f"{saved['data']} now holds {n} samples, {saved['n']} when {paths.root} was pretrained: "
-                           "its holdout no longer applies")
-    return torch.tensor(saved["indices"], dtype=torch.long)
 
 
 def build_method(cfg: Config, spec: DataSpec, seed: int | None = None) -> Method:

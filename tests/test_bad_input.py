@@ -236,7 +236,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys
     def ran(*a, **k):
         raise AssertionError("bad input reached the work it should have stopped before")
 
-    for module, name in (("selfsup.train.loop", "_train"), ("selfsup.bench", "_pretrain"),
+    for module, name in (("selfsup.train.loop", "_train"), ("selfsup.bench.run", "_pretrain"),
                          ("selfsup.api", "evaluate_encoder"), ("selfsup.api", "extract_features")):
         monkeypatch.setattr(importlib.import_module(module), name, ran)
     before = _files(tmp_path)

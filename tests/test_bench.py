@@ -8,7 +8,7 @@ import torch
 
 import selfsup
 from selfsup import api
-from selfsup.bench_report import _axis_from, chart_rows, table_rows, write_report
+from selfsup.bench.report import _axis_from, chart_rows, table_rows, write_report
 from selfsup.cli import main
 from selfsup.errors import SelfSupError
 from selfsup.train.logging import read_jsonl

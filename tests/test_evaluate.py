@@ -310,7 +310,7 @@ def test_format_markdown_bold_best_and_chosen_hyperparameters():
 
 
 def test_stratified_holdout_partitions_every_class():
-    from selfsup.evaluate.subsets import stratified_holdout
+    from selfsup.data.splits import stratified_holdout
 
     y = torch.arange(10).repeat_interleave(10)
     tr, te = stratified_holdout(y, 0.2, seed=3)
@@ -321,7 +321,7 @@ def test_stratified_holdout_partitions_every_class():
 
 def test_eval_splits_prefers_the_sources_test_split():
     from selfsup.data import Dataset
-    from selfsup.evaluate.subsets import eval_splits
+    from selfsup.data.splits import eval_splits
 
     y = torch.arange(5).repeat_interleave(10)
     train = Dataset(torch.zeros(50, 1, 4, 4, dtype=torch.uint8), y)

@@ -110,7 +110,7 @@ def ae_run(tmp_path_factory):
 
 def test_best_layer_is_chosen_per_fraction_on_its_own_labelled_subset(ae_run, monkeypatch):
     from selfsup.evaluate import report
-    from selfsup.evaluate.subsets import class_balanced_subset
+    from selfsup.data.splits import class_balanced_subset
 
     seen = []
 

@@ -148,6 +148,24 @@ def test_run_tokenizer_is_fitted_on_the_pretraining_split_only(tmp_path):
     assert sum(seen) / len(seen) > 0.9
 
 
+def test_every_process_rebuilds_rank_0s_pretraining_data(tmp_path):
+    # under torchrun rank 0 opens the run and broadcasts its holdout and tokenizer as plain values; the other
+    # processes rebuild the same token ids from them (train/parallel.py through data/prepare.py)
+    from selfsup.data.prepare import replica_data, shared_parts
+    from selfsup.train.setup import open_run
+
+    cfg = Config(method="mlm", data="fortunes", out=str(tmp_path / "run"), device="cpu",
+                 backbone="transformer_tiny", epochs=0, knn_every=0, vocab_size=200, seq_len=8)
+    run = open_run(cfg, False, torch.device("cpu"))
+    try:
+        parts = shared_parts(run.paths, given=False)
+        again = replica_data(run.cfg, **parts)
+    finally:
+        run.lock.release()
+    assert len(parts["index"]) > 0 and json.loads(parts["tokenizer"])["model"]["type"] == "WordPiece"
+    assert again.kind == "tokens" and torch.equal(again.x, run.train.x) and again.texts == run.train.texts
+
+
 def test_as_tokens_needs_a_tokenizer_for_text(tmp_path):
     (tmp_path / "a.txt").write_text("one\ntwo\n")
     d = load_data(str(tmp_path / "a.txt"))

@@ -6,7 +6,7 @@ import torch
 from selfsup.data import DataSpec
 from selfsup.data.tokenize import PAD_ID, encode, train_tokenizer
 from selfsup.evaluate import report, tuning
-from selfsup.evaluate.subsets import class_balanced_subset
+from selfsup.data.splits import class_balanced_subset
 from selfsup.evaluate.tfidf import TFIDF_ROW
 from selfsup.models import Encoder
 from selfsup.models.transformer import TransformerEncoder

@@ -64,7 +64,7 @@ def load_union(srcs: list[str], split: str = "train", labels: str | None = None)
 
 def union_holdout(parts: list[Part], fraction: float, seed: int) -> torch.Tensor | None:
     """Union indices set aside before pretraining: each labelled part's holdout (as if it were alone), offset."""
-    from selfsup.evaluate.subsets import holdout_indices
+    from selfsup.data.splits import holdout_indices
 
     if fraction == 0:
         return None

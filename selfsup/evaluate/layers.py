@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from ..data.splits import class_balanced_subset
 from ..device import autocast
 from ..errors import SelfSupError
 from .knn import knn_predict_many
-from .subsets import class_balanced_subset
 from .tuning import KNN_KS, _first_best, search_l2, validation_split
 
 SELECT_SAMPLES = 10_000  # the layer is chosen on at most this many of a subset's labelled samples (seconds on a CPU)

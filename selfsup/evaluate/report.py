@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.splits import class_balanced_subset
 from ..errors import SelfSupError
 from .features import extract_features, reestimate_batchnorm
 from .finetune import finetune
 from .layers import choose_layer
-from .subsets import class_balanced_subset
 from .tfidf import TFIDF_ROW, tfidf_features
 from .tuning import DEFAULT_L2, L2_GRID, knn_both, linear_tuned
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from ..data.splits import stratified_holdout
 from .knn import capped_k, knn_predict_many
 from .linear import LinearClassifier, fit_linear
-from .subsets import stratified_holdout
 
 KNN_KS = (1, 5, 10, 20, 50, 200)
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)  # strongest penalty first: each fit warm-starts the next

@@ -16,7 +16,7 @@ from ..data.stream import EpochOrder
 from ..device import autocast, pick_device, use_bf16
 from ..distributed import mean_over_processes, rank, session, world_size
 from ..errors import SelfSupError
-from ..evaluate.subsets import stratified_holdout
+from ..data.splits import stratified_holdout
 from ..rundir import RunPaths, build_method, checkpoint_spec
 from .parallel import check_identical, check_world, open_run_all, rank_seed, shard, sync_buffers, wrap
 from .setup import OpenRun, say_recipe

@@ -5,22 +5,21 @@ every process's weights identical. On one process every function here leaves the
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import Config, folder_options
-from ..data import Dataset, load_data
-from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, tokenizer_from_json
+from ..config import Config
+from ..data import Dataset
+from ..data.prepare import replica_data, shared_parts
 from ..distributed import all_digests, broadcast_, broadcast_object, rank, world_size
 from ..errors import SelfSupError
 from ..methods import EMATeacher, Method
 from ..models.global_bn import convert_batchnorm
 from ..rundir import RunLock, RunPaths
-from .setup import OpenRun, open_run, without_holdout
+from .setup import OpenRun, open_run
 
 
 def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset | None) -> OpenRun:
@@ -36,11 +35,8 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
     if rank() == 0:
         try:
             run = open_run(cfg, resume, device, train)
-            holdout = RunPaths(run.paths.root).holdout
-            index = json.loads(holdout.read_text())["indices"] if holdout.is_file() and train is None else None
-            tok = run.paths.root / TOKENIZER_FILE  # text: every process encodes with rank 0's tokenizer
-            shared = dict(cfg=run.cfg.to_dict(), root=str(run.paths.root), note=run.split_note, index=index,
-                          ckpt=run.ckpt, tokenizer=tok.read_text() if tok.is_file() else None)
+            shared = dict(cfg=run.cfg.to_dict(), root=str(run.paths.root), note=run.split_note, ckpt=run.ckpt,
+                          **shared_parts(run.paths, given=train is not None))  # holdout indices, tokenizer text
         except SelfSupError as e:
             shared = dict(error=str(e))
         except BaseException as e:
@@ -53,10 +49,7 @@ def open_run_all(cfg: Config, resume: bool, device: torch.device, train: Dataset
         return run
     paths, run_cfg = RunPaths(Path(shared["root"])), Config.from_dict(shared["cfg"])
     if train is None:  # the same samples rank 0 pretrains on: its holdout removed, its tokenizer applied
-        full = load_data(run_cfg.data, "train", labels=run_cfg.labels, folder=folder_options(run_cfg))
-        index = None if shared["index"] is None else torch.tensor(shared["index"], dtype=torch.long)
-        train = as_tokens(without_holdout(run_cfg, full, index, own_test=False)[0],
-                          tokenizer_from_json(shared["tokenizer"]))
+        train = replica_data(run_cfg, shared["index"], shared["tokenizer"])
     return OpenRun(run_cfg, paths, RunLock(paths.root), train, shared["note"], shared["ckpt"])
 
 

@@ -1,9 +1,5 @@
-"""Opening a run: the run directory and its lock, the pretraining data (holdout removed), the resolved recipe.
-
-The rule that keeps evaluation honest lives here: a source without its own test split is split once, seeded
-(and stratified where labels exist), before pretraining. The holdout's indices go to RUN_DIR/holdout.json;
-pretraining, its normalisation statistics and the kNN monitor see only the rest; `selfsup eval` tests on
-exactly that holdout.
+"""Opening a run: the run directory and its lock, the resolved recipe, and its data from data/prepare.py (the
+holdout, removed before pretraining, and the tokenizer are made and saved there).
 """
 from __future__ import annotations
 
@@ -15,15 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import WARMUP_MAX_EPOCHS, Config, folder_options, resolve, validate, warmup_steps
-from ..data import Dataset, load_data, spec_of
-from ..data.corpus import holdout_record, load_union, sources_of, union_holdout, union_note
-from ..data.tokenize import FILENAME as TOKENIZER_FILE, as_tokens, fit_for, run_tokenizer, save_tokenizer
+from ..config import WARMUP_MAX_EPOCHS, Config, resolve, validate, warmup_steps
+from ..data import Dataset, spec_of
+from ..data.corpus import sources_of
+from ..data.prepare import pretraining_data, resumed_data
 from ..distributed import world_size
 from ..errors import SelfSupError
-from ..evaluate.subsets import complement, holdout_indices
 from ..methods import get_method, parse_hparams
-from ..rundir import RunLock, RunPaths, build_method, load_holdout, save_holdout
+from ..rundir import RunLock, RunPaths, build_method
 from .checkpoint import load_run_checkpoint
 
 
@@ -50,24 +45,6 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.method}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def new_holdout(cfg: Config, full: Dataset) -> torch.Tensor | None:
-    """Indices to set aside before pretraining: none when the source has its own test split or --holdout is 0."""
-    if cfg.holdout == 0 or load_data(cfg.data, "test", labels=cfg.labels) is not None:
-        return None
-    return holdout_indices(full.labels, len(full), cfg.holdout, cfg.seed)
-
-
-def without_holdout(cfg: Config, full: Dataset, index: torch.Tensor | None, own_test: bool) -> tuple[Dataset, str]:
-    """The samples pretraining may see, and a note saying where the evaluation's test data comes from."""
-    if index is not None:
-        kind = "stratified" if full.labels is not None else "random"
-        note = f"{len(index)} samples ({len(index) / len(full):.0%}, seeded, {kind}) held out before pretraining"
-        return full.subset(complement(len(full), index), lazy=full.mapped), note  # a mapped file stays unread
-    if own_test:
-        return full, "the source's own test split (never seen in pretraining)"
-    return full, "none: pretrained on every sample (--holdout 0)"
-
-
 def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | None = None) -> OpenRun:
     """Check everything, then create (or reopen) and lock the run directory; write config.yaml (and holdout.json).
 
@@ -85,11 +62,7 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
             check_resume_world(ckpt)
             check_resume_epochs(saved, cfg.epochs, paths.root)
             cfg = dataclasses.replace(saved, out=str(paths.root))
-            full = train if train is not None else load_data(cfg.data, "train", labels=cfg.labels,
-                                                             folder=folder_options(cfg))
-            index = None if train is not None else load_holdout(paths, len(full))
-            data, note = without_holdout(cfg, full, index, own_test=index is None and saved.holdout > 0)
-            data = as_tokens(data, run_tokenizer(paths.root))  # text: the run's own tokenizer, never refitted
+            data, note = resumed_data(cfg, paths, train)  # its saved holdout removed, its own tokenizer
             cfg = resolve(cfg, device.type, len(data))
             cfg.save(paths.config)
         except BaseException:
@@ -101,23 +74,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
     resolve(cfg, device.type)  # settings, method and optimizer checked before the data is even read
     paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
     check_new_run_dir(paths)
-    extra = {}
-    if train is not None:
-        full, index, data, note = train, None, train, "given by the caller, used whole"
-    elif len(sources_of(cfg.data)) > 1:  # several text sources: each labelled one's holdout set aside (corpus.py)
-        full, parts = load_union(sources_of(cfg.data), labels=cfg.labels)
-        index, extra = union_holdout(parts, cfg.holdout, cfg.seed), holdout_record(parts)
-        data, note = without_holdout(cfg, full, index, own_test=False)[0], union_note(parts, index)
-    else:
-        full = load_data(cfg.data, "train", labels=cfg.labels, folder=folder_options(cfg))
-        if cfg.image_size is not None and full.paths is None:
-            raise SelfSupError(f"--image-size applies to image folders; {cfg.data} is not one")
-        index = new_holdout(cfg, full)
-        data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
-    if len(data) < 2:
-        raise SelfSupError(too_few_message(cfg, full, data))
-    tokenizer = fit_for(data, cfg.vocab_size, cfg.seq_len)  # text: fitted to the pretraining split only
-    data = as_tokens(data, tokenizer)
+    prepared = pretraining_data(cfg, train)  # the holdout set aside; text: a tokenizer fitted to the rest
+    data = prepared.train
     method = get_method(cfg.method)  # e.g. colorization refuses grayscale images, before anything is written
     if data.kind != method.modality:
         raise SelfSupError(f"method {method.name} learns from {method.modality} data, but {cfg.data} holds "
@@ -131,28 +89,9 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         raise SelfSupError(f"cannot create run directory {paths.root}: {e.strerror}") from None
     lock = RunLock(paths.root).acquire()
     OPENED.append(paths.root)
-    if index is not None:
-        save_holdout(paths, cfg, len(full), index, **extra)
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, paths.root / TOKENIZER_FILE)
-    if full.skipped:
-        paths.skipped.write_text("".join(p + "\n" for p in full.skipped))
+    prepared.save(paths, cfg)  # holdout.json, tokenizer.json, skipped.txt
     cfg.save(paths.config)
-    return OpenRun(cfg, paths, lock, data, note, None)
-
-
-def too_few_message(cfg: Config, full: Dataset, data: Dataset) -> str:
-    """Why fewer than 2 samples are left for pretraining: how many the source holds, what the holdout took, and
-    (all labels distinct) a hint that a TSV's columns may be swapped."""
-    unit = "document" if full.kind == "text" else "sample"
-    msg = f"{cfg.data} holds {len(full)} {unit}(s)"
-    if len(data) < len(full):
-        msg += f", {len(data)} left for pretraining after the --holdout {cfg.holdout:g}"
-    if full.kind == "text" and len(full) < 2:
-        msg += " (documents are lines, or paragraphs between blank lines, or entries between lines of %)"
-    if full.labels is not None and len(full) > 2 and len(full.labels.unique()) == len(full):
-        msg += f"; each has its own label ({len(full)} classes: in a TSV, is each row label<TAB>text?)"
-    return msg + "; pretraining needs at least 2"
+    return OpenRun(cfg, paths, lock, data, prepared.note, None)
 
 
 def check_new_run_dir(paths: RunPaths) -> None:

@@ -45,7 +45,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_bench(a: argparse.Namespace, progress) -> dict:
-    from .bench import bench
+    from .run import bench
 
     return bench(a.methods, a.data, a.out, steps=a.steps, epochs=a.epochs, minutes=a.minutes, backbone=a.backbone,
                  layer=a.layer, finetune_fraction=a.finetune_fraction, finetune_epochs=a.finetune_epochs,

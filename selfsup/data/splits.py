@@ -1,14 +1,11 @@
-"""Deterministic class-balanced label subsets for low-label evaluation."""
+"""Seeded splits of a data set's sample indices: class-balanced label subsets (low-label evaluation), stratified
+holdouts, the holdout a run sets aside before pretraining, and evaluation's (train, test) splits."""
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import SelfSupError
-
-if TYPE_CHECKING:
-    from ..data import Dataset
+from selfsup.data.types import Dataset
+from selfsup.errors import SelfSupError
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -36,7 +33,7 @@ def stratified_holdout(labels: torch.Tensor, fraction: float = 0.2, seed: int = 
     return complement(labels.shape[0], test), test
 
 
-def eval_splits(train: "Dataset", test: "Dataset | None", seed: int = 0) -> tuple["Dataset", "Dataset", str]:
+def eval_splits(train: Dataset, test: Dataset | None, seed: int = 0) -> tuple[Dataset, Dataset, str]:
     """(train, test, note): the source's own labelled test split, else a seeded stratified 80/20 holdout of train."""
     if test is not None and test.labels is not None:
         return train, test, "the source's own test split"

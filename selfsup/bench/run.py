@@ -23,19 +23,19 @@ from pathlib import Path
 
 import torch
 
-from . import api
-from .bench_report import write_report
-from .config import Config, resolve
-from .data import load_data, spec_of
-from .device import pick_device
-from .errors import SelfSupError
-from .methods import canonical_name, get_method
-from .methods import methods as registered_methods
-from .models.backbones import build_backbone, check_backbone
-from .models.layers import POOLED, check_layer
-from .rundir import RunPaths
-from .train.checkpoint import load_checkpoint
-from .train.logging import read_jsonl
+from .. import api
+from ..config import Config, resolve
+from ..data import load_data, spec_of
+from ..device import pick_device
+from ..errors import SelfSupError
+from ..methods import canonical_name, get_method
+from ..methods import methods as registered_methods
+from ..models.backbones import build_backbone, check_backbone
+from ..models.layers import POOLED, check_layer
+from ..rundir import RunPaths
+from ..train.checkpoint import load_checkpoint
+from ..train.logging import read_jsonl
+from .report import write_report
 
 FRACTIONS = (0.01, 1.0)  # the table's 1%-label and all-label columns
 TIMING_STEPS = 20  # a --minutes budget times this many steps of a scratch run, then trains the steps that fit
