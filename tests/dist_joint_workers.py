@@ -8,6 +8,10 @@
     the real gather and once through gathers broken the two ways peers shipped (a backward that returns only the
     local slice, solo-learn #232 / lightly #1531; a plain all_gather autograd cannot see, lightly #1977), so the
     test can show that its comparison catches both.
+  - take one step of MoCo v3 twice more, broken each time: keys left per process (not gathered: every query
+    meets only its own process's keys), and BatchNorm statistics summed by a plain all_reduce whose backward skips
+    the other processes (what a gather or all_reduce autograd cannot see gives, lightly #1977). MoCo v3's keys take
+    no gradient, so its loss needs no gather with a backward; its global BatchNorm does.
 Each rank writes out/rank{r}.pt; the test rebuilds the same models and batches in one process to compare.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.distributed as dist
 from selfsup.data import image_spec
 from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.byol import BYOL
+from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.vicreg import VICReg
 
@@ -32,6 +37,7 @@ METHODS = {
     "simsiam": lambda: SimSiam(SPEC, SimSiam.Hparams(proj_hidden=32, proj_dim=16, pred_hidden=8), "small_cnn"),
     "barlow_twins": lambda: BarlowTwins(SPEC, BarlowTwins.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
     "vicreg": lambda: VICReg(SPEC, VICReg.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
+    "mocov3": lambda: MoCoV3(SPEC, MoCoV3.Hparams(proj_hidden=32, proj_dim=16, momentum=0.9), "small_cnn"),
 }
 
 
@@ -133,6 +139,37 @@ def loss_grads(r: int, w: int) -> dict:
     return out
 
 
+def plain_all_sum(x: torch.Tensor) -> torch.Tensor:
+    """A broken all_sum: the sum over processes in the forward, but a backward to this process's own term only."""
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return x + (total - x.detach())
+
+
+def mocov3_broken(r: int, w: int) -> dict:
+    """One DDP step of MoCo v3 (global BatchNorm) under each break, recorded as run_steps records it."""
+    from selfsup import Config
+    from selfsup.losses import moco_v3
+    from selfsup.models import global_bn
+    from selfsup.train.parallel import wrap
+
+    breaks = {"local_keys": [(moco_v3, "gather_no_grad", lambda x: x), (moco_v3, "rank", lambda: 0)],
+              "plain_all_reduce": [(global_bn, "all_sum", plain_all_sum)]}
+    out = {}
+    for kind, patches in breaks.items():
+        saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
+        for module, attr, fn in patches:
+            setattr(module, attr, fn)
+        try:
+            method = build("mocov3")
+            model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
+            out[kind] = run_steps(model, method, global_batches(1), r, w)
+        finally:
+            for module, attr, fn in saved:
+                setattr(module, attr, fn)
+    return out
+
+
 def joint(out: Path) -> None:
     from selfsup import Config
     from selfsup.distributed import rank, world_size
@@ -147,6 +184,7 @@ def joint(out: Path) -> None:
             model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
             result[name] = run_steps(model, method, global_batches(), r, w)
         result["loss_grads"] = loss_grads(r, w)
+        result["mocov3_broken"] = mocov3_broken(r, w)
     result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
     torch.save(result, out / f"rank{r}.pt")
 

@@ -1,7 +1,8 @@
-"""BYOL, SimSiam, Barlow Twins and VICReg on 2 gloo processes (forked, tests/dist_joint_workers.py): the loss and
-every gradient equal one process's on the global batch. Each of these losses reduces over the batch: BYOL and
+"""BYOL, SimSiam, Barlow Twins, VICReg and MoCo v3 on 2 gloo processes (forked, tests/dist_joint_workers.py): the
+loss and every gradient equal one process's on the global batch. Each of these losses reduces over the batch: BYOL and
 SimSiam through BatchNorm (global, in BYOL's target too), Barlow Twins through the cross-correlation, VICReg
-through the variance and covariance (both gathered with gradients). The losses alone are also run through the
+through the variance and covariance (both gathered with gradients), MoCo v3 through the gathered keys and
+BatchNorm (global, in its momentum encoder too). The losses alone are also run through the
 two broken gathers peers shipped, to show the comparison catches them."""
 import pytest
 import torch
@@ -75,3 +76,13 @@ def test_loss_gradients_through_the_gather_equal_one_process_and_broken_gathers_
             _, b1, _ = rec["loss_grads"][(name, broken)]
             with pytest.raises(AssertionError):
                 torch.testing.assert_close(b1 / 2, z1.grad[r * b:(r + 1) * b], rtol=1e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("broken", ["local_keys", "plain_all_reduce"])
+def test_mocov3_comparison_fails_with_keys_left_per_process_or_a_batchnorm_sum_autograd_cannot_see(ranks, broken):
+    """MoCo v3's keys are constants (the momentum encoder takes no gradient), so its loss gathers them without a
+    backward; what must carry gradients across processes is its global BatchNorm. Each break changes the step."""
+    ref = one_process("mocov3", steps=slice(0, 1))
+    for rec in ranks:
+        with pytest.raises(AssertionError):
+            assert_same_step(rec["mocov3_broken"][broken], ref, 0, 0, broken)
