@@ -33,4 +33,4 @@ def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """
     s = torch.linalg.svdvals(F.normalize(z.detach().float(), dim=1))
     p = s / s.sum().clamp(min=1e-12) + eps
-    return torch.exp(-(p * p.log()).sum())
+    return torch.exp(-torch.special.xlogy(p, p).sum())  # 0 log 0 = 0
