@@ -3,10 +3,15 @@
 # progress. Meant for a lent GPU machine whose commands have a time limit: call it again (same machine) to keep
 # waiting; a fresh machine resumes the runs from runs/bench if that folder travelled along.
 #   WAIT=540 bash benchmarks/gpu_run.sh            (data from $SELFSUP_DATA, default ./.data)
+# By default the joint-embedding methods (registry names; one this checkout lacks is skipped), then SimCLR and
+# MoCo v2, each train 200 epochs of ResNet-18 at batch 512, one after another, and result.json ends with their
+# table (kNN, tuned kNN, linear, 1%-label linear on the test split, s/epoch). SimCLR alone, as before:
+#   BENCH_ARGS="--short 30 --long 200 --compile" bash benchmarks/gpu_run.sh
 set -u
 WAIT=${WAIT:-540}
 BENCH_OUT=${BENCH_OUT:-runs/bench}
-ARGS=${BENCH_ARGS:---short 30 --long 200 --compile}
+METHODS=${BENCH_METHODS:-byol,simsiam,barlow_twins,vicreg,dino,mocov3,simclr,moco}
+ARGS=${BENCH_ARGS:---methods $METHODS --short 0 --long 200 --compile}
 export SELFSUP_DATA=${SELFSUP_DATA:-$PWD/.data}
 export PYTHONUNBUFFERED=1
 mkdir -p "$BENCH_OUT"
@@ -34,7 +39,8 @@ else
 fi
 if [ -n "${OUT:-}" ]; then
   cp "$BENCH_OUT"/benchmark.json "$BENCH_OUT"/log.txt "$OUT"/ 2>/dev/null
-  for r in "$BENCH_OUT"/e*/; do
+  for r in "$BENCH_OUT"/e*/ "$BENCH_OUT"/*-e*/; do
+    [ -d "$r" ] || continue
     n=$(basename "$r"); cp "$r/metrics.jsonl" "$OUT/$n-metrics.jsonl" 2>/dev/null; cp "$r/eval.md" "$OUT/$n-eval.md" 2>/dev/null
   done
 fi
