@@ -78,7 +78,8 @@ def test_the_recipe_follows_the_backbone_as_the_reference_code():
     assert (cnn.temperature, vit.temperature) == (1.0, 0.2)  # --moco-t 1.0 (ResNet), .2 (ViT)
     linears = lambda seq: sum(isinstance(mod, torch.nn.Linear) for mod in seq)  # noqa: E731
     assert (linears(cnn.projector), linears(vit.projector)) == (2, 3)  # MoCo_ResNet / MoCo_ViT
-    assert not isinstance(cnn.predictor[-1], torch.nn.BatchNorm1d) and isinstance(vit.predictor[-1], torch.nn.BatchNorm1d)
+    bn = torch.nn.BatchNorm1d
+    assert not isinstance(cnn.predictor[-1], bn) and isinstance(vit.predictor[-1], bn)
     assert all(lin.bias is None for m in (cnn, vit) for seq in (m.projector, m.predictor) for lin in seq
                if isinstance(lin, torch.nn.Linear))  # the reference's Linear(..., bias=False) everywhere
     # the ViT's patch embedding is frozen (random patch projection), the CNN's first conv is not
@@ -161,4 +162,5 @@ def test_a_few_epochs_on_digits_lower_the_loss_and_resume_exactly(tmp_path, back
         == losses
     steps = end["config"]["steps"]
     assert int(mid["model"]["momentum_encoder.updates"]) == steps // 3  # the schedule spans the run, not an epoch
-    assert float(mid["model"]["momentum_encoder.momentum"]) < 0.999 and float(end["model"]["momentum_encoder.momentum"]) == 1.0
+    assert float(mid["model"]["momentum_encoder.momentum"]) < 0.999
+    assert float(end["model"]["momentum_encoder.momentum"]) == 1.0
