@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from selfsup.api import augment_for, load_eval_splits
+from selfsup.api import augment_for
+from selfsup.data.prepare import load_eval_splits
 from selfsup.data.tokenize import as_tokens, run_tokenizer
 from selfsup.evaluate import extract_features, finetune
 from selfsup.evaluate.linear import fit_linear

@@ -18,8 +18,13 @@ if [ "$MODE" = stream ]; then
   ARGS="$ARGS --pretrain-args '--backbone resnet18 --batch-size 256'"
   SCRIPT=benchmarks/stream.py
 else
+  # By default the joint-embedding methods (registry names; one this checkout lacks is skipped), then SimCLR and
+  # MoCo v2, each train 200 epochs of ResNet-18 at batch 512, one after another, and result.json ends with their
+  # table (kNN, tuned kNN, linear, 1%-label linear on the test split, s/epoch). SimCLR alone, as before:
+  #   BENCH_ARGS="--short 30 --long 200 --compile" bash benchmarks/gpu_run.sh
   BENCH_OUT=${BENCH_OUT:-runs/bench}
-  ARGS=${BENCH_ARGS:---short 30 --long 200 --compile}
+  METHODS=${BENCH_METHODS:-byol,simsiam,barlow_twins,vicreg,dino,mocov3,simclr,moco}
+  ARGS=${BENCH_ARGS:---methods $METHODS --short 0 --long 200 --compile}
   ARGS="$ARGS --out '$BENCH_OUT'"
   SCRIPT=benchmarks/simclr_fmnist.py
 fi
@@ -50,7 +55,8 @@ else
 fi
 if [ -n "${OUT:-}" ]; then
   cp "$BENCH_OUT"/benchmark.json "$BENCH_OUT"/log.txt "$BENCH_OUT"/result.json "$OUT"/ 2>/dev/null
-  for r in "$BENCH_OUT"/e*/; do
+  for r in "$BENCH_OUT"/e*/ "$BENCH_OUT"/*-e*/; do
+    [ -d "$r" ] || continue
     n=$(basename "$r"); cp "$r/metrics.jsonl" "$OUT/$n-metrics.jsonl" 2>/dev/null; cp "$r/eval.md" "$OUT/$n-eval.md" 2>/dev/null
   done
 fi

@@ -1,15 +1,20 @@
-"""Benchmark: SimCLR + ResNet-18 on Fashion-MNIST at batch 512 (meant for a GPU). Prints one JSON object.
+"""Benchmark: SimCLR (or --methods) + ResNet-18 on Fashion-MNIST at batch 512 (meant for a GPU). Prints one JSON
+object.
 
 Reports seconds per epoch of the real pipeline (uint8 data on the device, batched views, training step)
 beside the compute-only time (the same model stepping on a random batch already on the device), and kNN /
 linear accuracy on the Fashion-MNIST test split after a short and a longer run, plus a 1%-label linear probe.
+With several methods, each gets the same runs and "table" is one markdown table of them all.
 
     python benchmarks/simclr_fmnist.py --short 30 --long 200 --compile --out runs/bench
+    python benchmarks/simclr_fmnist.py --methods byol,mocov3 --short 0 --long 200 --compile --out runs/bench
     python benchmarks/simclr_fmnist.py --smoke --out runs/smoke   # a tiny CPU run that checks the script works
 
 The same --out folder resumes: unfinished runs continue from their last checkpoint and finished runs are
 reused, so the benchmark can be spread over several calls of a machine with a per-command time limit.
-Results go to stdout and to OUT/benchmark.json (rewritten after every run).
+Results go to stdout and to OUT/benchmark.json (rewritten after every run). Runs live in OUT/e{epochs} for
+SimCLR (as before) and OUT/{method}-e{epochs} for the others; a method this checkout does not have is listed
+under "skipped", not an error.
 """
 from __future__ import annotations
 
@@ -23,9 +28,11 @@ from pathlib import Path
 import torch
 
 from selfsup import Config, evaluate, pretrain
+from selfsup import SelfSupError
 from selfsup.data import image_spec, load_data
 from selfsup.device import autocast, pick_device, use_bf16
 from selfsup.config import resolve
+from selfsup.methods import canonical_name
 from selfsup.rundir import RunPaths, build_method
 from selfsup.train.checkpoint import load_checkpoint
 from selfsup.train.logging import read_jsonl
@@ -33,7 +40,8 @@ from selfsup.train.optim import build_optimizer
 
 
 def compute_only_seconds(cfg: Config, n_images: int, device: torch.device, steps: int | None = None) -> float:
-    """Seconds per epoch of forward+backward+step on random view pairs that already sit on the device."""
+    """Seconds per epoch of forward+backward+step (and the EMA teachers' update) on one batch of the method's
+    views (two views, or DINO's crops) made once from random images, already on the device."""
     # Exactly as the training loop sets things up: channels_last everywhere, bf16 autocast where it trains in bf16.
     spec = image_spec((1, 28, 28), [0.286], [0.353])
     method = build_method(cfg, spec).to(device).to(memory_format=torch.channels_last)
@@ -42,8 +50,11 @@ def compute_only_seconds(cfg: Config, n_images: int, device: torch.device, steps
     bs = cfg.batch_size
     steps_per_epoch = n_images // bs
     steps = steps or steps_per_epoch
-    batch = {k: torch.randn(bs, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
-             for k in ("v1", "v2")}
+    with torch.no_grad():
+        images = torch.randint(0, 256, (bs, 1, 28, 28), dtype=torch.uint8, device=device)
+        batch = method.make_batch(images, torch.Generator(device=device).manual_seed(0))
+    batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 and v.is_floating_point() else v
+             for k, v in batch.items()}
 
     def step():
         with autocast(device, use_bf16(cfg.precision, device)):
@@ -51,6 +62,7 @@ def compute_only_seconds(cfg: Config, n_images: int, device: torch.device, steps
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        method.on_step_end(0, steps)
 
     for _ in range(min(10, steps)):
         step()
@@ -106,9 +118,28 @@ def run(cfg: Config, train, label: str) -> dict:
     }
 
 
+def table(methods: dict) -> str:
+    """One markdown row per method and run: test-split kNN (k=200 and tuned), linear at 100% and 1% labels."""
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    rows = ["| method | epochs | kNN | kNN tuned | linear | linear 1% | s/epoch | compute-only s/epoch |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in methods.items():
+        for r in m["runs"]:
+            rows.append(f"| {name} | {r['epochs']} | {pct(r['knn'])} | {pct(r['knn_tuned'])} | {pct(r['linear'])} | "
+                        f"{pct(r['linear_1pct'])} | {r['epoch_s_median']:.2f} | {m['compute_only_epoch_s']:.2f} |")
+    return "\n".join(rows)
+
+
+def run_dir(out_dir: Path, method: str, epochs: int) -> Path:
+    """OUT/e{epochs} for SimCLR (the folders of the SimCLR-only benchmark, reused), OUT/{method}-e{epochs} else."""
+    return out_dir / (f"e{epochs}" if method == "simclr" else f"{method}-e{epochs}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--short", type=int, default=30, help="epochs of the short run (default 30)")
+    ap.add_argument("--methods", default="simclr",
+                    help="comma-separated methods, each run the same way, in this order (default simclr)")
+    ap.add_argument("--short", type=int, default=30, help="epochs of the short run (default 30; 0 skips it)")
     ap.add_argument("--long", type=int, default=200, help="epochs of the longer run (default 200; 0 skips it)")
     ap.add_argument("--batch-size", type=int, default=512, help="batch size (default 512)")
     ap.add_argument("--backbone", default="resnet18", help="backbone (default resnet18)")
@@ -126,27 +157,39 @@ def main() -> None:
         a.short, a.long, a.backbone, a.batch_size = 1, 0, "small_cnn", 256
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = dict(method="simclr", data="fashion-mnist", backbone=a.backbone, batch_size=a.batch_size,
-                device=str(device), compile=a.compile, knn_every=0)
-    probe_cfg = resolve(Config(**base, epochs=1), device.type)
     out = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "batch_size": a.batch_size, "backbone": a.backbone, "compile": a.compile,
-        "lr": probe_cfg.lr, "optimizer": probe_cfg.optimizer,
-        "compute_only_epoch_s": round(compute_only_seconds(probe_cfg, len(train), device,
-                                                           steps=4 if a.smoke else None), 3),
-        "runs": [],
+        "methods": {}, "skipped": {},
     }
-    plan = [("short", a.short)] + ([("long", a.long)] if a.long else [])
-    for label, epochs in plan:
-        out["runs"].append(run(Config(**base, epochs=epochs, out=str(out_dir / f"e{epochs}")), train, label))
-        first = out["runs"][0]
-        out["pipeline_over_compute"] = round(first["epoch_s_median"] / out["compute_only_epoch_s"], 3)
-        out["wall_over_compute"] = round(first["epoch_wall_s_median"] / out["compute_only_epoch_s"], 3)
-        # Written after every run, so a benchmark cut off by a time limit keeps what it measured.
-        (out_dir / "benchmark.json").write_text(json.dumps(out, indent=2) + "\n")
+    plan = [(label, e) for label, e in (("short", a.short), ("long", a.long)) if e > 0]
+    for name in [n.strip() for n in a.methods.split(",") if n.strip()]:
+        try:
+            name = canonical_name(name)
+        except SelfSupError as e:  # e.g. a method of another branch, not merged here yet
+            out["skipped"][name] = str(e)
+            continue
+        base = dict(method=name, data="fashion-mnist", backbone=a.backbone, batch_size=a.batch_size,
+                    device=str(device), compile=a.compile, knn_every=0)
+        probe_cfg = resolve(Config(**base, epochs=1), device.type)
+        m = out["methods"][name] = {
+            "lr": probe_cfg.lr, "optimizer": probe_cfg.optimizer,
+            "compute_only_epoch_s": round(compute_only_seconds(probe_cfg, len(train), device,
+                                                               steps=4 if a.smoke else None), 3),
+            "runs": [],
+        }
+        for label, epochs in plan:
+            m["runs"].append(run(Config(**base, epochs=epochs, out=str(run_dir(out_dir, name, epochs))), train, label))
+            first = m["runs"][0]
+            m["pipeline_over_compute"] = round(first["epoch_s_median"] / m["compute_only_epoch_s"], 3)
+            m["wall_over_compute"] = round(first["epoch_wall_s_median"] / m["compute_only_epoch_s"], 3)
+            out["table"] = table(out["methods"])
+            # Written after every run, so a benchmark cut off by a time limit keeps what it measured.
+            (out_dir / "benchmark.json").write_text(json.dumps(out, indent=2) + "\n")
     json.dump(out, sys.stdout, indent=2)
     print()
+    if "table" in out:
+        print(out["table"])
 
 
 if __name__ == "__main__":

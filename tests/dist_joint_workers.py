@@ -11,6 +11,10 @@
   - take two SGD steps of DINO on multi-crop batches (2 global crops, 3 local crops of another size), once as it
     is and once with its centre averaged over this process's rows only (no all-reduce), so the test can show
     that the comparison catches a centre that is not the global batch's.
+  - take one step of MoCo v3 twice more, broken each time: keys left per process (not gathered: every query
+    meets only its own process's keys), and BatchNorm statistics summed by a plain all_reduce whose backward skips
+    the other processes (what a gather or all_reduce autograd cannot see gives, lightly #1977). MoCo v3's keys take
+    no gradient, so its loss needs no gather with a backward; its global BatchNorm does.
 Each rank writes out/rank{r}.pt; the test rebuilds the same models and batches in one process to compare.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from selfsup.data import DataSpec
 from selfsup.methods.byol import BYOL
 from selfsup.methods.dino import DINO
 from selfsup.methods.simcse import SimCSE
+from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.vicreg import VICReg
 
@@ -38,6 +43,7 @@ METHODS = {
     "simsiam": lambda: SimSiam(SPEC, SimSiam.Hparams(proj_hidden=32, proj_dim=16, pred_hidden=8), "small_cnn"),
     "barlow_twins": lambda: BarlowTwins(SPEC, BarlowTwins.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
     "vicreg": lambda: VICReg(SPEC, VICReg.Hparams(proj_hidden=32, proj_dim=16), "small_cnn"),
+    "mocov3": lambda: MoCoV3(SPEC, MoCoV3.Hparams(proj_hidden=32, proj_dim=16, momentum=0.9), "small_cnn"),
 }
 # Text methods (no BatchNorm: their reduction over the batch is the loss's gathered keys alone).
 TEXT_SPEC = DataSpec("tokens", (10,), vocab_size=40, pad_id=0)
@@ -181,6 +187,37 @@ def loss_grads(r: int, w: int) -> dict:
     return out
 
 
+def plain_all_sum(x: torch.Tensor) -> torch.Tensor:
+    """A broken all_sum: the sum over processes in the forward, but a backward to this process's own term only."""
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return x + (total - x.detach())
+
+
+def mocov3_broken(r: int, w: int) -> dict:
+    """One DDP step of MoCo v3 (global BatchNorm) under each break, recorded as run_steps records it."""
+    from selfsup import Config
+    from selfsup.losses import moco_v3
+    from selfsup.models import global_bn
+    from selfsup.train.parallel import wrap
+
+    breaks = {"local_keys": [(moco_v3, "gather_no_grad", lambda x: x), (moco_v3, "rank", lambda: 0)],
+              "plain_all_reduce": [(global_bn, "all_sum", plain_all_sum)]}
+    out = {}
+    for kind, patches in breaks.items():
+        saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
+        for module, attr, fn in patches:
+            setattr(module, attr, fn)
+        try:
+            method = build("mocov3")
+            model = wrap(method, Config(sync_bn=True), torch.device("cpu"))
+            out[kind] = run_steps(model, method, global_batches(1), r, w)
+        finally:
+            for module, attr, fn in saved:
+                setattr(module, attr, fn)
+    return out
+
+
 def joint(out: Path) -> None:
     from selfsup import Config
     from selfsup.distributed import rank, world_size
@@ -208,6 +245,7 @@ def joint(out: Path) -> None:
                 result[key] = run_steps(model, method, dino_batches(), r, w, slicer=dino_local)
             finally:
                 dino_loss_module.mean_over_processes = real
+        result["mocov3_broken"] = mocov3_broken(r, w)
     result["warnings"] = [f"{c.category.__name__}: {c.message}" for c in caught]
     torch.save(result, out / f"rank{r}.pt")
 

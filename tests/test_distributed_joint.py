@@ -1,11 +1,12 @@
-"""BYOL, SimSiam, Barlow Twins, VICReg and SimCSE on 2 gloo processes (forked, tests/dist_joint_workers.py): the
-loss and every gradient equal one process's on the global batch. Each of these losses reduces over the batch: BYOL
-and SimSiam through BatchNorm (global, in BYOL's target too), Barlow Twins through the cross-correlation, VICReg
-through the variance and covariance (both gathered with gradients), SimCSE through its gathered keys (the second
-dropout passes; its dropout masks are drawn per sentence, so each process holds its own rows'). The losses alone
-are also run through the two broken gathers peers shipped, to show the comparison catches them. DINO's loss is per
-sample but its centre is a mean over the global batch (all-reduced): its steps are compared the same way, and
-again with the centre averaged over each process's rows only, which the comparison must catch."""
+"""BYOL, SimSiam, Barlow Twins, VICReg, MoCo v3 and SimCSE on 2 gloo processes (forked, tests/dist_joint_workers.py):
+the loss and every gradient equal one process's on the global batch. Each of these losses reduces over the batch:
+BYOL and SimSiam through BatchNorm (global, in BYOL's target too), Barlow Twins through the cross-correlation,
+VICReg through the variance and covariance (both gathered with gradients), MoCo v3 through the gathered keys and
+BatchNorm (global, in its momentum encoder too), SimCSE through its gathered keys (the second dropout passes; its
+dropout masks are drawn per sentence, so each process holds its own rows'). The losses alone are also run through
+the two broken gathers peers shipped, to show the comparison catches them. DINO's loss is per sample but its centre
+is a mean over the global batch (all-reduced): its steps are compared the same way, and again with the centre
+averaged over each process's rows only, which the comparison must catch."""
 import pytest
 import torch
 
@@ -111,3 +112,13 @@ def test_a_dino_centre_from_each_process_rows_alone_fails_the_same_comparison(ra
             torch.testing.assert_close(rec["dino_local_centre"]["before"][1]["center"], ref["before"][1]["center"],
                                        rtol=1e-5, atol=1e-7)
     assert state_digest(ranks[0]["dino_local_centre"]["state"]) != state_digest(ranks[1]["dino_local_centre"]["state"])
+
+
+@pytest.mark.parametrize("broken", ["local_keys", "plain_all_reduce"])
+def test_mocov3_comparison_fails_with_keys_left_per_process_or_a_batchnorm_sum_autograd_cannot_see(ranks, broken):
+    """MoCo v3's keys are constants (the momentum encoder takes no gradient), so its loss gathers them without a
+    backward; what must carry gradients across processes is its global BatchNorm. Each break changes the step."""
+    ref = one_process("mocov3", steps=slice(0, 1))
+    for rec in ranks:
+        with pytest.raises(AssertionError):
+            assert_same_step(rec["mocov3_broken"][broken], ref, 0, 0, broken)

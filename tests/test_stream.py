@@ -16,7 +16,7 @@ from selfsup.data.mapped import is_mapped
 from selfsup.data.stream import EpochOrder, InMemory, Streamed, geometry
 from selfsup.train.checkpoint import load_checkpoint
 from selfsup.train.logging import read_jsonl
-from selfsup.train.setup import without_holdout
+from selfsup.data.holdout import without_holdout
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from selfsup import Config, SelfSupError
-from selfsup.api import load_eval_splits
+from selfsup.data.prepare import load_eval_splits
 from selfsup.cli import main
 from selfsup.data import load_data
 from selfsup.data.tokenize import load_tokenizer

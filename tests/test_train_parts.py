@@ -172,7 +172,8 @@ def test_truncate_epochs_keeps_records_up_to_the_checkpoint(tmp_path):
     assert read_jsonl(path) == [dict(event="epoch", epoch=1), dict(event="diverged", epoch=3)]
 
 
-@pytest.mark.parametrize("method,backbone", [("simclr", "resnet18"), ("moco", "small_cnn"), ("autoencoder", "mlp")])
+@pytest.mark.parametrize("method,backbone", [("simclr", "resnet18"), ("moco", "small_cnn"), ("autoencoder", "mlp"),
+                                            ("mocov3", "vit")])
 def test_methods_compile_to_one_graph(method, backbone):
     # A graph break under --compile means slow, partly eager steps on the GPU; catch it without one.
     import torch._dynamo as dynamo

@@ -20,3 +20,17 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     (SimSiam, Chen & He 2021, sec. 4.1, uses it to show collapse).
     """
     return F.normalize(z.detach().float(), dim=1).std(dim=0).mean()
+
+
+@torch.no_grad()
+def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """exp of the entropy of the normalised singular values of the L2-normalised embeddings z (N x d).
+
+    Roy & Vetterli 2007 (The effective rank: a measure of effective dimensionality), as RankMe (Garrido et al.
+    2023, eq. 1): p_k = s_k / sum(s) + eps, rank = exp(-sum_k p_k log p_k). Between 1 and min(N, d): 1 when every
+    row is the same vector (a constant embedding: one non-zero singular value), min(N, d) when the singular
+    values are all equal. The rows are not centred (as RankMe), so a constant embedding scores 1, not 0 / 0.
+    """
+    s = torch.linalg.svdvals(F.normalize(z.detach().float(), dim=1))
+    p = s / s.sum().clamp(min=1e-12) + eps
+    return torch.exp(-torch.special.xlogy(p, p).sum())  # 0 log 0 = 0

@@ -4,18 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..losses import byol_loss, embedding_std
-from ..models.global_bn import GlobalBatchNorm, convert_batchnorm
+from ..models.global_bn import follow_global_bn
 from ..models.heads import mlp_head
 from ..views.recipes import simclr_views
 from .base import Method, OptimDefaults
 from .ema import EMATeacher
 from .hparams import setting
 from .registry import register
-
-_GLOBAL_BN = (GlobalBatchNorm, nn.SyncBatchNorm)
 
 
 @register
@@ -73,9 +70,7 @@ class BYOL(Method):
         When the online network's BatchNorm normalises over the global batch (torchrun with sync_bn), the target's
         does too, as in the reference; parallel.wrap keeps EMA teachers' BatchNorm per process (MoCo needs that),
         so the target is converted here, once, sharing its parameters and buffers with the EMA copy."""
-        online = [m for m in (*self.backbone.modules(), *self.projector.modules()) if isinstance(m, _GLOBAL_BN)]
-        if online and not any(isinstance(m, _GLOBAL_BN) for m in self.target.modules()):
-            convert_batchnorm(self.target.net, v.device)
+        follow_global_bn(self.target.net, [self.backbone, self.projector], v.device)
         return self.target(v)
 
     def forward(self, batch):

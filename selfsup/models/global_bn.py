@@ -81,3 +81,17 @@ def convert_batchnorm(module: nn.Module, device: torch.device, skip: tuple[type,
         else:
             convert_batchnorm(child, device, skip)
     return module
+
+
+_GLOBAL = (GlobalBatchNorm, nn.SyncBatchNorm)
+
+
+def follow_global_bn(teacher: nn.Module, students: list[nn.Module], device: torch.device) -> None:
+    """Make the BatchNorms of an EMA teacher global once its students' are (torchrun with sync_bn), as the
+    references' SyncBatchNorm over the whole model (BYOL's cross-replica BN; MoCo v3's convert_sync_batchnorm).
+    train/parallel.wrap leaves EMA teachers per process (MoCo v2's shuffle needs that), so a method whose teacher
+    should follow calls this before the teacher's forward; it converts in place, once, keeping the parameters and
+    buffers (the same tensors, so the EMA and the checkpoint names are unchanged)."""
+    if any(isinstance(m, _GLOBAL) for s in students for m in s.modules()) and \
+            not any(isinstance(m, _GLOBAL) for m in teacher.modules()):
+        convert_batchnorm(teacher, device)

@@ -7,14 +7,16 @@ import torch
 from torch import nn
 
 
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
-    """Linear-BN-ReLU blocks then a Linear: the SimCLR/MoCo v2 projector (layers=2) or a BYOL predictor."""
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False,
+             last_bias: bool | None = None) -> nn.Sequential:
+    """Linear-BN-ReLU blocks then a Linear: the SimCLR/MoCo v2 projector (layers=2) or a BYOL predictor.
+    `last_bias`: whether the last Linear has a bias (None: only when no BatchNorm follows it)."""
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers - 1):
         mods += [nn.Linear(d, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         d = hidden_dim
-    mods.append(nn.Linear(d, out_dim, bias=not last_bn))
+    mods.append(nn.Linear(d, out_dim, bias=not last_bn if last_bias is None else last_bias))
     if last_bn:
         mods.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*mods)

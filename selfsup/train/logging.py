@@ -43,8 +43,15 @@ def knn_title(records: list[dict]) -> str:
             f"bank {last.get('knn_bank', '?')}, queries {last.get('knn_queries', '?')}")
 
 
+def panel_values(record: dict) -> dict[str, float]:
+    """The panels of logs.png in one epoch record: the method's logs, then the collapse monitor's std and rank."""
+    collapse = record.get("collapse", {})
+    return {**record.get("logs", {}), **{f"collapse {k}": collapse[k] for k in ("std_mean", "rank") if k in collapse}}
+
+
 def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
-    """Write loss.png, knn.png (when kNN was monitored) and logs.png (the method's own logs, one panel each)."""
+    """Write loss.png, knn.png (when kNN was monitored) and logs.png (the method's own logs and the collapse
+    monitor's std_mean and rank, one panel each)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,12 +85,14 @@ def plot_curves(metrics_path: Path, plots_dir: Path) -> list[Path]:
         panel(ax, [r["epoch"] for r in knn], [100 * r["knn"] for r in knn], "kNN accuracy (%)", knn_title(recs),
               "tab:green")
         save(fig, "knn.png")
-    names = list(dict.fromkeys(k for r in recs for k in r.get("logs", {})))
+    values = [panel_values(r) for r in recs]
+    names = list(dict.fromkeys(k for v in values for k in v))
     if names:
         fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
         for ax, name in zip(axes[0], names):
-            have = [r for r in recs if name in r.get("logs", {})]
-            panel(ax, [r["epoch"] for r in have], [r["logs"][name] for r in have], name, name, "tab:purple")
-        fig.suptitle("Method logs (epoch means)")
+            have = [(r["epoch"], v[name]) for r, v in zip(recs, values) if name in v]
+            panel(ax, [e for e, _ in have], [y for _, y in have], name, name,
+                  "tab:red" if name.startswith("collapse") else "tab:purple")
+        fig.suptitle("Method logs (epoch means) and the collapse monitor (end of epoch)")
         save(fig, "logs.png")
     return written

@@ -23,7 +23,7 @@ from .setup import OpenRun, say_recipe
 from .checkpoint import CheckpointWriter, unwrapped
 from .feed import open_feed
 from .logging import append_jsonl, plot_curves, truncate_epochs
-from .monitor import KNNMonitor
+from .monitor import CollapseMonitor, KNNMonitor, collapse_warning
 from .optim import build_optimizer, lr_at
 
 CHECK_EVERY = 25  # steps between finiteness checks (each one is a device sync)
@@ -106,6 +106,7 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     if lead and cfg.knn_every > 0 and (monitor is not None or train.labels is not None):
         knn = KNNMonitor(*(monitor or _default_monitor(cfg, train, device, capped=source.kind == "streamed")),
                          device=device)
+    collapse = CollapseMonitor(train, cfg.seed, device) if lead else None  # every epoch: one forward of 512
     if ckpt is None and lead:
         monitor_note = (f"every {cfg.knn_every} epoch(s), k={knn.k}, bank {len(knn.bank)}, {len(knn.queries)} "
                         f"queries, all from the pretraining data" if knn else "off")
@@ -187,6 +188,9 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
             if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
                 record.update(knn=knn(method.encoder()), knn_k=knn.k, knn_bank=len(knn.bank),
                               knn_queries=len(knn.queries))
+            record["collapse"] = collapse(method.encoder())
+            if warning := collapse_warning(record["collapse"]):
+                _say(f"epoch {epoch + 1}: {warning}")
             # Written on a background thread while the next epoch trains; the copy to the CPU happens here.
             periodic = cfg.save_every and (epoch + 1) % cfg.save_every == 0
             writer.save(snapshot(epoch + 1, step), paths.last,
