@@ -43,3 +43,29 @@ def pretrain_until():
             pretrain(cfg, progress=False, on_epoch_end=stop)
 
     return run
+
+
+@pytest.fixture
+def resumed_equals_full(pretrain_until):
+    """resumed_equals_full(cfg, full, losses): run cfg stopped after epoch 1, resume it, and assert its weights
+    (every buffer: EMA targets, centres, schedules) and its per-epoch losses equal the uninterrupted run in
+    `full`; returns the checkpoints (mid, end) for method-specific checks."""
+    import json
+    from pathlib import Path
+
+    from selfsup import Config
+    from selfsup.distributed import state_digest
+    from selfsup.train.checkpoint import load_checkpoint
+
+    def run(cfg, full, losses):
+        pretrain_until(cfg, 1)
+        out = Path(cfg.out)
+        mid = load_checkpoint(out / "checkpoints" / "last.pt")
+        pretrain(Config(out=str(out)), resume=True, progress=False)
+        end = load_checkpoint(Path(full) / "checkpoints" / "last.pt")
+        again = load_checkpoint(out / "checkpoints" / "last.pt")
+        assert state_digest(again["model"]) == state_digest(end["model"])
+        assert [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()] == losses
+        return mid, end
+
+    return run
