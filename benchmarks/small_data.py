@@ -7,7 +7,7 @@ every row. Data sets (all offline): class-balanced subsets of the Fashion-MNIST 
 files (no test split, so the run's 20% holdout is the test data), scikit-learn's digits (its own split), and
 with --clipart a real folder of colour PNGs: Debian's openclipart-png (`apt-get install openclipart-png`),
 the categories (not special/unsorted) with at least --clipart-per-class images, that many drawn per category (seeded), linked into
-OUT/clipart/CATEGORY/ and decoded by the folder source at 32 px on a white background.
+OUT/clipart-data/CATEGORY/ and decoded by the folder source at 32 px on a white background.
 
     python benchmarks/small_data.py --out runs/small            # about 15 minutes on 2 CPU cores
     python benchmarks/small_data.py --sizes 2000 --out runs/s   # one subset only
@@ -47,8 +47,8 @@ NOT_CLASSES = ("special", "unsorted")  # catch-all folders, not categories a lab
 
 
 def clipart_folder(out: Path, per_class: int, seed: int = 0) -> Path:
-    """OUT/clipart/CATEGORY/*.png: `per_class` seeded draws from each openclipart-png category that has that many."""
-    root = out / "clipart"
+    """OUT/clipart-data/CATEGORY/*.png: `per_class` seeded draws from each openclipart-png category that has that many."""
+    root = out / "clipart-data"
     if root.is_dir():
         return root
     if not Path(CLIPART).is_dir():
