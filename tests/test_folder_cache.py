@@ -237,3 +237,15 @@ def test_temporaries_of_dead_processes_are_swept(tmp_path):
     mixed_folder(tmp_path / "imgs", 4)
     load_data(str(tmp_path / "imgs"), folder=FolderOptions(image_size=8, workers=1))
     assert not stale.exists() and live.exists()
+
+
+def test_a_decode_that_fails_after_its_file_was_started_leaves_no_temporary(tmp_path):
+    root = tmp_path / "imgs"
+    for i in range(2):  # headers read fine, pixels do not: the error comes after the cache file exists
+        noisy = save(Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)),
+                     root / f"bad{i}.png")
+        data = open(noisy, "rb").read()
+        open(noisy, "wb").write(data[: len(data) // 2])
+    with pytest.raises(Exception, match="every image in .* is unreadable"):
+        load_data(str(root), folder=FolderOptions(skip_bad=True, image_size=8))
+    assert not [n for n in os.listdir(tmp_path / "cache") if n.startswith(cache._TMP) or n.endswith(".npy")]

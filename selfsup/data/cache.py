@@ -251,3 +251,11 @@ class Builder:
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             os.remove(self.path)
+
+    def __enter__(self) -> "Builder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """An error or Ctrl-C before `finish` published the entry: the half-written file is removed."""
+        if exc_type is not None:
+            self.abort()

@@ -150,7 +150,6 @@ def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background,
 
     t0 = time.perf_counter()
     pool = Pool(opts.workers or default_workers(), len(paths))
-    out = None
     try:
         headers = read_headers(pool, paths, on_bad, opts.progress)
         good = [i for i in range(len(paths)) if headers[i] is not None]
@@ -159,18 +158,14 @@ def _decode_folder(root: str, paths: list[str], opts: FolderOptions, background,
         size, channels, hw, note = _plan([headers[i] for i in good], opts.image_size)
         if note:
             _say(f"{root}: {note}")
-        out = cache.Builder(key, (len(good), channels, *hw))
-        decode_into(out.target, (channels, *hw), pool, [paths[i] for i in good], size, channels == 1, background,
-                    lambda j, reason: on_bad(good[j], reason), opts.progress)
-        rows = [j for j, i in enumerate(good) if i not in bad]
-        if not rows:
-            raise SelfSupError(f"every image in {root} is unreadable ({len(bad)} skipped)")
-        skipped = [paths[i] for i in sorted(bad)]
-        x = out.finish(rows, dict(skipped=[os.path.relpath(p, root) for p in skipped], note=note))
-    except BaseException:
-        if out is not None:
-            out.abort()
-        raise
+        with cache.Builder(key, (len(good), channels, *hw)) as out:  # removed again on any error
+            decode_into(out.target, (channels, *hw), pool, [paths[i] for i in good], size, channels == 1,
+                        background, lambda j, reason: on_bad(good[j], reason), opts.progress)
+            rows = [j for j, i in enumerate(good) if i not in bad]
+            if not rows:
+                raise SelfSupError(f"every image in {root} is unreadable ({len(bad)} skipped)")
+            skipped = [paths[i] for i in sorted(bad)]
+            x = out.finish(rows, dict(skipped=[os.path.relpath(p, root) for p in skipped], note=note))
     finally:
         pool.close()
     seconds = time.perf_counter() - t0

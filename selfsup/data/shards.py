@@ -163,7 +163,6 @@ def _labels(texts: list[str | None], names: list[str]) -> tuple[list[int] | None
 def _decode_shards(pattern: str, shards: list[str], opts: FolderOptions, background, key: str | None) -> tuple:
     t0 = time.perf_counter()
     pool = Pool(opts.workers or default_workers(), len(shards), chunk=1)
-    out = None
     bad: dict[int, str] = {}
     try:
         samples = []  # (name, offset, size, label text, header, shard number)
@@ -187,31 +186,27 @@ def _decode_shards(pattern: str, shards: list[str], opts: FolderOptions, backgro
         size, channels, hw, note = _plan([samples[i][4] for i in good], opts.image_size)
         if note:
             print(f"{pattern}: {note}", file=sys.stderr, flush=True)
-        out = cache.Builder(key, (len(good), channels, *hw))
-        jobs: dict[str, list] = {}  # shard -> its samples' (row, offset, size); rows run on from shard to shard
-        for row, i in enumerate(good):
-            jobs.setdefault(shards[samples[i][5]], []).append((row, samples[i][1], samples[i][2]))
-        jobs = list(jobs.items())
-        with bar(len(good), "decoding images", opts.progress) as b:
-            for j, failed in pool.map(_decode_shard, jobs, out.target, size, channels == 1, background,
-                                      (channels, *hw)):
-                for row, reason in failed:
-                    if not opts.skip_bad:
-                        raise bad_file_error(samples[good[row]][0], reason)
-                    bad[good[row]] = reason
-                b.update(len(jobs[j][1]))
-        keep = [row for row, i in enumerate(good) if i not in bad]
-        if not keep:
-            raise SelfSupError(f"every image in {pattern} is unreadable ({len(bad)} skipped)")
-        kept = [samples[good[row]] for row in keep]
-        labels, classes = _labels([s[3] for s in kept], [s[0] for s in kept])
-        meta = dict(names=[s[0] for s in kept], labels=labels, classes=classes, note=note,
-                    skipped=[samples[i][0] for i in sorted(bad)])
-        x = out.finish(keep, meta)
-    except BaseException:
-        if out is not None:
-            out.abort()
-        raise
+        with cache.Builder(key, (len(good), channels, *hw)) as out:  # removed again on any error
+            jobs: dict[str, list] = {}  # shard -> its samples' (row, offset, size); rows run on from shard to shard
+            for row, i in enumerate(good):
+                jobs.setdefault(shards[samples[i][5]], []).append((row, samples[i][1], samples[i][2]))
+            jobs = list(jobs.items())
+            with bar(len(good), "decoding images", opts.progress) as b:
+                for j, failed in pool.map(_decode_shard, jobs, out.target, size, channels == 1, background,
+                                          (channels, *hw)):
+                    for row, reason in failed:
+                        if not opts.skip_bad:
+                            raise bad_file_error(samples[good[row]][0], reason)
+                        bad[good[row]] = reason
+                    b.update(len(jobs[j][1]))
+            keep = [row for row, i in enumerate(good) if i not in bad]
+            if not keep:
+                raise SelfSupError(f"every image in {pattern} is unreadable ({len(bad)} skipped)")
+            kept = [samples[good[row]] for row in keep]
+            labels, classes = _labels([s[3] for s in kept], [s[0] for s in kept])
+            meta = dict(names=[s[0] for s in kept], labels=labels, classes=classes, note=note,
+                        skipped=[samples[i][0] for i in sorted(bad)])
+            x = out.finish(keep, meta)
     finally:
         pool.close()
     seconds = time.perf_counter() - t0
