@@ -268,6 +268,9 @@ def test_presets():
     assert wide.crop_scale == (0.2, 1.0) and wide(x_wide, gen()).shape == (2, 1, 20, 70)
     assert s28.jitter == (0.4, 0.4, 0.4, 0.1) and s28.jitter_p == 0.8 and s28.gray_p == 0.2 and s28.flip_p == 0.5
     assert moco_v2_views(96, mean, std).crop_scale == (0.2, 1.0)
+    strong = simclr_views(28, mean, std, crop_min=0.08, jitter_strength=1.0)  # the strength settings win
+    assert strong.crop_scale == (0.08, 1.0) and strong.jitter == (0.8, 0.8, 0.8, 0.2)
+    assert simclr_views(96, mean, std, jitter_strength=0).jitter_p == 0.0
     v1, v2 = byol_views(28, mean, std)
     assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (1.0, 0.1, 0.0, 0.2)
     x = uint8_batch(4, 1)
@@ -324,3 +327,15 @@ def test_preview_png(tmp_path, c):
     # 4 rows x 3 columns (original + 2 views): wider than tall is impossible, taller than wide expected
     assert h > w
     assert 1.0 < h / w < 2.0
+
+
+def test_simclr_strength_settings_reach_its_views():
+    from selfsup.methods.registry import get_method
+    from selfsup.methods.hparams import parse_hparams
+    cls = get_method("simclr")
+    with pytest.raises(Exception, match="crop_min"):
+        parse_hparams("simclr", cls.Hparams, {"crop_min": 0})
+    spec = image_spec((1, 16, 16), [0.5], [0.25])
+    m = cls(spec, parse_hparams("simclr", cls.Hparams, {"crop_min": 0.5, "jitter_strength": 0.25}), "small_cnn")
+    assert m.view_recipe.crop_scale == (0.5, 1.0) and m.view_recipe.jitter == (0.2, 0.2, 0.2, 0.05)
+    assert cls(spec, cls.Hparams(), "small_cnn").view_recipe.crop_scale == (0.2, 1.0)  # None: the size rule

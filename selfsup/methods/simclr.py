@@ -40,14 +40,25 @@ class SimCLR(Method):
         proj_dim: int = setting(128, "projector output width (the space the loss compares in)",
                                 source="Chen et al. 2020, sec. 3 ('Default setting'): a 128-d latent space")
 
+        crop_min: float | None = setting(None, "smallest crop, as a share of the image area (None: 0.08 from 64 px, "
+                                         "0.2 below)", source="Chen et al. 2020, appendix A (0.08); 0.2 below 64 px "
+                                         "is ours, as in MoCo v2's and solo-learn's CIFAR recipes")
+        jitter_strength: float | None = setting(None, "colour-jitter strength s (0.8s, 0.8s, 0.8s, 0.2s); 0: none "
+                                                "(None: 1 from 64 px, 0.5 below)",
+                                                source="Chen et al. 2020, appendix A (1.0 ImageNet, 0.5 CIFAR-10)")
+
         def __post_init__(self):
             if self.temperature <= 0 or self.proj_hidden < 1 or self.proj_dim < 1:
                 raise ValueError("temperature must be > 0 and the projector widths >= 1")
+            if self.crop_min is not None and not 0 < self.crop_min <= 1:
+                raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
+            if self.jitter_strength is not None and self.jitter_strength < 0:
+                raise ValueError(f"jitter_strength must be >= 0, got {self.jitter_strength}")
 
     def __init__(self, spec, hp, backbone):
         super().__init__(spec, hp, backbone)
         self.projector = mlp_head(self.backbone.feature_dim, hp.proj_hidden, hp.proj_dim)
-        self.view_recipe = simclr_views(spec.shape[1:], spec.mean, spec.std)
+        self.view_recipe = simclr_views(spec.shape[1:], spec.mean, spec.std, hp.crop_min, hp.jitter_strength)
 
     def make_batch(self, x, generator):
         """Two independently augmented views of a uint8 batch."""

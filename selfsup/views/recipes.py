@@ -61,13 +61,19 @@ class SimCLRViews:
         return {"v1": self(x, generator), "v2": self(x, generator)}
 
 
-def simclr_views(size: Size, mean, std) -> SimCLRViews:
+def simclr_views(size: Size, mean, std, crop_min: float | None = None,
+                 jitter_strength: float | None = None) -> SimCLRViews:
     """SimCLR's recipe (Chen et al. 2020, appendix A). From 64 px (the shorter side): crops of 8-100%, colour
     jitter of strength 1 (0.8, 0.8, 0.8, 0.2) and blur, as on ImageNet. Below: the CIFAR variant, jitter of
-    strength 0.5 (0.4, 0.4, 0.4, 0.1) and no blur, with crops of at least 20% (8% of 28 px leaves almost nothing)."""
+    strength 0.5 (0.4, 0.4, 0.4, 0.1) and no blur, with crops of at least 20% (8% of 28 px leaves almost nothing).
+
+    crop_min / jitter_strength (None: the size rule above) set the augmentation strength: the crop's smallest
+    area share and s in the paper's jitter (0.8s, 0.8s, 0.8s, 0.2s)."""
     large = _short_side(size) >= 64
-    return SimCLRViews(size, mean, std, crop_scale=(0.08, 1.0) if large else (0.2, 1.0),
-                       jitter=(0.8, 0.8, 0.8, 0.2) if large else (0.4, 0.4, 0.4, 0.1), blur_p=0.5 if large else 0.0)
+    lo = crop_min if crop_min is not None else (0.08 if large else 0.2)
+    s = jitter_strength if jitter_strength is not None else (1.0 if large else 0.5)
+    return SimCLRViews(size, mean, std, crop_scale=(lo, 1.0), jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+                       jitter_p=0.8 if s > 0 else 0.0, blur_p=0.5 if large else 0.0)
 
 
 def moco_v2_views(size: Size, mean, std) -> SimCLRViews:
