@@ -2,6 +2,7 @@
 by the tokenizer, evaluation on one labelled source; gzip-compressed text files."""
 import gzip
 import json
+import re
 
 import pytest
 import torch
@@ -88,8 +89,10 @@ def test_cli_repeats_data_and_evaluates_on_the_labelled_source(tmp_path, capsys)
             "--batch-size", "16", "--vocab-size", "200", "--seq-len", "16", "--no-progress", "--threads", "1"]
     assert main(base + ["--data", str(fort), "--data", str(book), "--out", str(run)]) == 0, capsys.readouterr().err
     assert main(["eval", str(run), "--protocols", "knn", "--fractions", "100%", "--no-progress"]) == 0  # the first
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "mlm (ours)" in out and "24 samples set aside" in out
+    assert re.search(r"samples/s, \d+ tokens/s\)", captured.out + captured.err)  # the epoch line gives the rate
     assert main(["eval", str(run), "--data", str(book), "--no-progress"]) == 2  # unlabelled: nothing to evaluate
     resumed = open_run(Config(out=str(run), epochs=1), resume=True, device=torch.device("cpu"))  # same union
     resumed.lock.release()

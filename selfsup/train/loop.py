@@ -201,10 +201,12 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
             if time.perf_counter() - last_plot >= PLOT_EVERY_S or epoch + 1 == cfg.epochs:
                 plot_curves(paths.metrics, paths.plots)
                 last_plot = time.perf_counter()
-            extra = "".join(f"  {k} {v:.3g}" for k, v in record.get("logs", {}).items())
+            counted = method.counted_log  # shown as a rate (tokens/s), not its per-step count
+            extra = "".join(f"  {k} {v:.3g}" for k, v in record.get("logs", {}).items() if k != counted)
             knn_txt = f"  kNN {100 * record['knn']:.1f}%" if "knn" in record else ""
+            rate = f", {record[f'{counted}_per_s']:.0f} {counted}/s" if f"{counted}_per_s" in record else ""
             _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}{extra}{knn_txt}  {seconds:.1f}s "
-                 f"({record['images_per_s']:.0f} samples/s)")
+                 f"({record['images_per_s']:.0f} samples/s{rate})")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
         if ckpt is None and cfg.epochs == 0 and lead:  # --epochs 0 saves the untrained model (a baseline)
