@@ -3,8 +3,10 @@
 Each data set goes through exactly what a user would run, `selfsup pretrain --data SRC` then `selfsup eval RUN`,
 with every default: the recipe fitted to the hardware and the data size, the holdout set aside before
 pretraining where the source has no test split, kNN k and logistic-regression L2 tuned on validation for
-every row. Data sets (all offline): class-balanced subsets of the Fashion-MNIST training split written as .npz
-files (no test split, so the run's 20% holdout is the test data), scikit-learn's digits (its own split), and
+every row. Data sets (all offline): class-balanced subsets of the Fashion-MNIST training split written as
+MNIST-format folders whose test split is Fashion-MNIST's own 10,000 test images (pretraining takes the whole
+subset; a 20% holdout would test on 400 images, too few to tell 2 points apart), scikit-learn's digits (its
+own split), and
 with --clipart a real folder of colour PNGs: Debian's openclipart-png (`apt-get install openclipart-png`),
 the categories (not special/unsorted) with at least --clipart-per-class images, that many drawn per category (seeded), linked into
 OUT/clipart-data/CATEGORY/ and decoded by the folder source at 32 px on a white background.
@@ -14,8 +16,9 @@ OUT/clipart-data/CATEGORY/ and decoded by the folder source at 32 px on a white 
     python benchmarks/small_data.py --methods simclr,vicreg,byol --clipart --out runs/small   # several methods
     python benchmarks/small_data.py --validation --sizes 2000 --no-digits --out runs/smallval  # choose a recipe
 
---validation draws the Fashion-MNIST subsets from the training images that none of the benchmark's own subsets
-(2,000 and 5,000, seed 0) holds, so a recipe chosen on them has never seen a benchmark test image.
+--validation draws the Fashion-MNIST subsets, and their 10,000 test images, from the training images that none of
+the benchmark's own subsets (2,000 and 5,000, seed 0) holds, so a recipe chosen on them has seen neither a
+benchmark image nor Fashion-MNIST's test split.
 
 Running again with the same --out reuses finished runs and their evaluations.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 import sys
 import time
 from pathlib import Path
@@ -37,27 +41,47 @@ from selfsup.rundir import RunPaths
 
 
 BENCH_SIZES = (2000, 5000)  # the subsets of the README's table, drawn with seed 0
+VAL_TEST = 10000  # --validation: training images outside every subset that test the validation runs
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """A uint8 array as an IDX file (the MNIST format: zero, type 0x08, ndim, big-endian sizes, bytes)."""
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    path.write_bytes(struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
 
 
 def fmnist_subset(n: int, out: Path, seed: int = 0, validation: bool = False) -> Path:
-    """A class-balanced subset of n Fashion-MNIST training images, as images + labels in an .npz file.
+    """A folder of the four MNIST-format files: n class-balanced Fashion-MNIST training images as its training
+    split, and a test split of 10,000 images that pretraining never sees.
 
-    validation: drawn (seed 123) only from training images outside every benchmark subset, for recipe choices."""
-    path = out / f"fashion-mnist-{'val-' if validation else ''}{n}.npz"
-    if not path.exists():
-        train = load_data("fashion-mnist", "train")
-        if validation:
-            used = np.concatenate([class_balanced_subset(train.labels, m / len(train), seed) for m in BENCH_SIZES])
-            rest = np.setdiff1d(np.arange(len(train)), used)
-            y = train.labels.numpy()[rest]
-            rng = np.random.default_rng(123)
-            per_class = n // int(y.max() + 1)
-            idx = np.sort(np.concatenate([rng.choice(rest[y == c], per_class, replace=False)
-                                          for c in range(int(y.max() + 1))]))
-        else:
-            idx = class_balanced_subset(train.labels, n / len(train), seed)
-        np.savez(path, images=train.x[idx, 0].numpy(), labels=train.labels[idx].numpy())
-    return path
+    Benchmark (validation False): the subset is drawn with `seed`, the test split is Fashion-MNIST's own (a
+    holdout of 20% of n would be 400 images, a standard error of 2 points). validation: the subset (seed 123)
+    and its 10,000 test images both come from training images outside every benchmark subset, so a recipe
+    chosen on them never saw a benchmark image, nor the test split."""
+    folder = out / f"fashion-mnist-{'val-' if validation else ''}{n}"
+    if (folder / "t10k-labels-idx1-ubyte").exists():
+        return folder
+    train = load_data("fashion-mnist", "train")
+    classes = int(train.labels.max()) + 1
+    if validation:
+        used = np.concatenate([class_balanced_subset(train.labels, m / len(train), seed) for m in BENCH_SIZES])
+        rest = np.setdiff1d(np.arange(len(train)), used)
+        y = train.labels.numpy()[rest]
+        rng = np.random.default_rng(123)
+        draws = [rng.permutation(rest[y == c]) for c in range(classes)]
+        idx = np.sort(np.concatenate([d[:n // classes] for d in draws]))
+        test_idx = np.sort(np.concatenate([d[n // classes:n // classes + VAL_TEST // classes] for d in draws]))
+        test_x, test_y = train.x[test_idx, 0].numpy(), train.labels[test_idx].numpy()
+    else:
+        idx = class_balanced_subset(train.labels, n / len(train), seed)
+        test = load_data("fashion-mnist", "test")
+        test_x, test_y = test.x[:, 0].numpy(), test.labels.numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_idx(folder / "train-images-idx3-ubyte", train.x[idx, 0].numpy())
+    write_idx(folder / "train-labels-idx1-ubyte", train.labels[idx].numpy())
+    write_idx(folder / "t10k-images-idx3-ubyte", test_x)
+    write_idx(folder / "t10k-labels-idx1-ubyte", test_y)  # written last: its presence means the folder is whole
+    return folder
 
 
 CLIPART = "/usr/share/openclipart/png"
