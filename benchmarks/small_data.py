@@ -58,7 +58,7 @@ def fmnist_subset(n: int, out: Path, seed: int = 0, validation: bool = False) ->
     holdout of 20% of n would be 400 images, a standard error of 2 points). validation: the subset (seed 123)
     and its 10,000 test images both come from training images outside every benchmark subset, so a recipe
     chosen on them never saw a benchmark image, nor the test split."""
-    folder = out / f"fashion-mnist-{'val-' if validation else ''}{n}"
+    folder = out / "data" / f"fashion-mnist-{'val-' if validation else ''}{n}"
     if (folder / "t10k-labels-idx1-ubyte").exists():
         return folder
     train = load_data("fashion-mnist", "train")

@@ -68,6 +68,9 @@ def _add_pretrain_args(p: argparse.ArgumentParser, method: str) -> None:
                    help=f"one of {backbone_help()} (timm:NAME: any timm model, e.g. timm:resnet18, built with "
                         "num_classes=0 and the data's channels; pip install 'selfsup[timm]'); default: the "
                         "method's, else resnet18 on GPU and small_cnn on CPU")
+    g.add_argument("--init", metavar="RUN_DIR",
+                   help="start the encoder from another run's (continued pretraining, e.g. SimCSE on an MLM run); "
+                        "its backbone and, for text, its tokenizer are taken, the heads start fresh")
     g = p.add_argument_group("schedule (defaults come from the method and the hardware)")
     g.add_argument("--steps", type=int, help="training budget in optimizer steps, exactly (the last epoch may be "
                                              "partial; default 1400 on CPU, 23400 on GPU)")

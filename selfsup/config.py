@@ -56,6 +56,7 @@ class Config:
     vocab_size: int = 4096  # text only: the tokenizer's vocabulary, trained on the pretraining split
     seq_len: int = 64  # text only: ids per document ([CLS] text [SEP], truncated and padded)
     backbone: str | None = None
+    init: str | None = None  # a run directory whose encoder this run starts from (train/init.py)
     batch_size: int | None = None
     optimizer: str | None = None
     lr: float | None = None

@@ -37,13 +37,6 @@ def without_holdout(cfg, full: Dataset, index: torch.Tensor | None, own_test: bo
     return full, "none: pretrained on every sample (--holdout 0)"
 
 
-def save_holdout(paths, cfg, n: int, index: torch.Tensor, **extra) -> None:
-    """RUN_DIR/holdout.json: the indices (into the source's samples) set aside before pretraining; `extra`:
-    a union's parts (selfsup.data.corpus)."""
-    paths.holdout.write_text(json.dumps(dict(data=cfg.data, n=n, fraction=cfg.holdout, seed=cfg.seed,
-                                             indices=index.tolist(), **extra)))
-
-
 def load_holdout(paths, n: int, part: str | None = None, same=None) -> torch.Tensor | None:
     """The run's holdout indices into its source of n samples (None when it has none); checks the source size.
     `part`: one source of a run pretrained on several (indices into that source; `same` compares names)."""

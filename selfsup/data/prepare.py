@@ -21,7 +21,7 @@ import torch
 
 from selfsup.data.corpus import holdout_record, load_union, sources_of, union_holdout, union_note
 from selfsup.data.folder import FolderOptions
-from selfsup.data.holdout import load_holdout, new_holdout, save_holdout, without_holdout
+from selfsup.data.holdout import load_holdout, new_holdout, without_holdout
 from selfsup.data.sources import load_data
 from selfsup.data.splits import complement, eval_splits
 from selfsup.data.tokenize import FILENAME as TOKENIZER_FILE
@@ -51,12 +51,19 @@ class PretrainData:
 
     def save(self, paths, cfg) -> None:
         """RUN_DIR/holdout.json, tokenizer.json and skipped.txt, as far as the run has them."""
-        if self.index is not None:
-            save_holdout(paths, cfg, len(self.full), self.index, **self.extra)
+        if (record := self.record(cfg)) is not None:
+            paths.holdout.write_text(json.dumps(record))
         if self.tokenizer is not None:
             save_tokenizer(self.tokenizer, paths.root / TOKENIZER_FILE)
         if self.full.skipped:
             paths.skipped.write_text("".join(p + "\n" for p in self.full.skipped))
+
+    def record(self, cfg) -> dict | None:
+        """What holdout.json will hold (None: no holdout)."""
+        if self.index is None:
+            return None
+        return dict(data=cfg.data, n=len(self.full), fraction=cfg.holdout, seed=cfg.seed,
+                    indices=self.index.tolist(), **self.extra)
 
 
 def pretraining_data(cfg, train: Dataset | None = None) -> PretrainData:
@@ -77,7 +84,9 @@ def pretraining_data(cfg, train: Dataset | None = None) -> PretrainData:
         data, note = without_holdout(cfg, full, index, own_test=cfg.holdout > 0)
     if len(data) < 2:
         raise SelfSupError(too_few_message(cfg, full, data))
-    tokenizer = fit_for(data, cfg.vocab_size, cfg.seq_len)  # text: fitted to the pretraining split only
+    # text: fitted to the pretraining split only; with --init, the init run's (its ids are the encoder's)
+    tokenizer = (run_tokenizer(cfg.init) if cfg.init and data.kind == "text"
+                 else fit_for(data, cfg.vocab_size, cfg.seq_len))
     return PretrainData(full, as_tokens(data, tokenizer), note, index, tokenizer, extra)
 
 

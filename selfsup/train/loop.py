@@ -19,6 +19,7 @@ from ..errors import SelfSupError
 from ..data.splits import stratified_holdout
 from ..rundir import RunPaths, build_method, checkpoint_spec
 from .parallel import check_identical, check_world, open_run_all, rank_seed, shard, sync_buffers, wrap
+from .init import init_weights, load_backbone
 from .setup import OpenRun, say_recipe
 from .checkpoint import CheckpointWriter, unwrapped
 from .feed import open_feed
@@ -80,8 +81,14 @@ def _train(run: OpenRun, device: torch.device, monitor: tuple[Dataset, Dataset] 
     if spec.kind != train.kind or tuple(train.x.shape[1:]) != spec.shape:
         raise SelfSupError(f"data {train.kind} {tuple(train.x.shape[1:])} differs from the run's {spec.describe()}")
 
+    init = None
+    if ckpt is None and cfg.init:  # --init: the backbone starts as another run's encoder (train/init.py)
+        spec, init = init_weights(cfg, spec)
     # channels_last pays on GPU and on CPU alike (measured 1.2-1.5x on the CPU's small CNN); 4-D weights only.
-    method = build_method(cfg, spec).to(device).to(memory_format=torch.channels_last)
+    method = build_method(cfg, spec)
+    if init is not None:
+        load_backbone(method, cfg, init)
+    method = method.to(device).to(memory_format=torch.channels_last)
     model = wrap(method, cfg, device)  # DistributedDataParallel on several processes, else the method itself
     defaults = type(method).optimizers.get(cfg.optimizer)  # a method's paper may set AdamW's betas (MAE)
     optimizer = build_optimizer(cfg.optimizer, method, cfg.lr, cfg.weight_decay,

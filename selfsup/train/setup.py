@@ -20,6 +20,7 @@ from ..errors import SelfSupError
 from ..methods import get_method, parse_hparams
 from ..rundir import RunLock, RunPaths, build_method
 from .checkpoint import load_run_checkpoint
+from .init import adopt, check_no_leak
 
 
 # Run directories this process opened, newest last: an interrupted command says whether one can be resumed.
@@ -71,6 +72,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         return OpenRun(cfg, paths, lock, data, note, ckpt)
 
     validate(cfg)
+    if cfg.init:
+        cfg = adopt(cfg)  # the init run's backbone (text: its tokenizer's sizes), or a one-line error
     resolve(cfg, device.type)  # settings, method and optimizer checked before the data is even read
     paths = RunPaths(Path(cfg.out) if cfg.out else default_run_dir(cfg))
     check_new_run_dir(paths)
@@ -81,6 +84,8 @@ def open_run(cfg: Config, resume: bool, device: torch.device, train: Dataset | N
         raise SelfSupError(f"method {method.name} learns from {method.modality} data, but {cfg.data} holds "
                            f"{data.kind} data")
     method.check_data(data, parse_hparams(method.name, method.Hparams, cfg.method_args))
+    if cfg.init:
+        check_no_leak(cfg, prepared.record(cfg))  # its test samples never pretrained on by the init run
     cfg = dataclasses.replace(resolve(cfg, device.type, len(data)), out=str(paths.root))
     check_buildable(cfg, data)
     try:
