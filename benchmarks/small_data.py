@@ -38,6 +38,7 @@ from selfsup import Config, evaluate, pretrain
 from selfsup.data import load_data
 from selfsup.data.splits import class_balanced_subset
 from selfsup.rundir import RunPaths
+from selfsup.train.logging import read_jsonl
 
 
 BENCH_SIZES = (2000, 5000)  # the subsets of the README's table, drawn with seed 0
@@ -129,10 +130,33 @@ def run_one(name: str, src: str, out: Path, progress: bool, method: str = "simcl
         "test_samples": result["splits"]["test"],
         "test_split": result["test_split"], "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": cfg.steps,
         "pretrain_s": round(pretrain_s, 1), "eval_s": round(eval_s, 1),
+        "train_s": round(sum(r.get("seconds", 0) for r in read_jsonl(RunPaths(run).metrics)
+                             if r.get("event") == "epoch"), 1),  # the epochs' own seconds, also for a reused run
         "at_100pct": {row: {k: r.get(k) for k in keep} for row, r in full.items()},
         "knn_margin": round(100 * (full["ours"]["knn_tuned"] - full["raw"]["knn_tuned"]), 1),
         "linear_margin": round(100 * (full["ours"]["linear"] - full["raw"]["linear"]), 1),
     }
+
+
+def markdown(report: dict) -> str:
+    """One table: per data set a row per method, then raw pixels and the random-init encoder (at 100% labels)."""
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| data (pretrain / test) | features | kNN k=200 | kNN tuned (k) | linear | kNN tuned − raw | "
+             "train s |", "|---|---|---:|---:|---:|---:|---:|"]
+    by_data: dict[str, list[dict]] = {}
+    for r in report["runs"]:
+        by_data.setdefault(r["data"], []).append(r)
+    for name, runs in by_data.items():
+        head = f"{name} ({runs[0]['pretrain_samples']:,} / {runs[0]['test_samples']:,})"
+        for i, r in enumerate(runs):
+            o = r["at_100pct"]["ours"]
+            lines.append(f"| {head if i == 0 else ''} | {r['method']} | {pct(o['knn'])} | {pct(o['knn_tuned'])} "
+                         f"({o['knn_k']}) | {pct(o['linear'])} | {r['knn_margin']:+.1f} | {r['train_s']:.0f} |")
+        for row, label in (("raw", "raw pixels"), ("random", "random init")):
+            b = runs[0]["at_100pct"][row]
+            lines.append(f"| | {label} | {pct(b['knn'])} | {pct(b['knn_tuned'])} ({b['knn_k']}) | {pct(b['linear'])} "
+                         "| | |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -144,7 +168,8 @@ def main() -> None:
     ap.add_argument("--methods", default="simclr", help="methods to pretrain on each set, comma-separated")
     ap.add_argument("--clipart", action="store_true", help="add the openclipart-png folder (colour, 32 px)")
     ap.add_argument("--clipart-per-class", type=int, default=140, help="images drawn per clip-art category")
-    ap.add_argument("--out", default="runs/small", help="folder for the data files, runs and small_data.json")
+    ap.add_argument("--out", default="runs/small", help="folder for the data files, runs, small_data.json and "
+                    "small_data.md (the table)")
     ap.add_argument("--progress", action="store_true", help="show progress bars")
     a = ap.parse_args()
     out = Path(a.out)
@@ -162,6 +187,7 @@ def main() -> None:
         for method in a.methods.split(","):
             report["runs"].append(run_one(name, src, out, a.progress, method.strip(), size))
             (out / "small_data.json").write_text(json.dumps(report, indent=2) + "\n")
+            (out / "small_data.md").write_text(markdown(report))
     json.dump(report, sys.stdout, indent=2)
     print()
 
