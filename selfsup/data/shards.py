@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 import tarfile
 import time
 
@@ -32,7 +31,7 @@ import torch
 from selfsup.data import cache
 from selfsup.data.cache import write_rows
 from selfsup.data.decode import BadImage, decode, header, parse_background
-from selfsup.data.folder import FolderOptions, _plan, bad_file_error, skipped_note
+from selfsup.data.folder import FolderOptions, _plan, _say, bad_file_error, skipped_note
 from selfsup.data import parallel
 from selfsup.data.parallel import Pool, bar, default_workers
 from selfsup.data.types import Dataset
@@ -138,7 +137,7 @@ def load_shards(pattern: str, options: FolderOptions | None = None) -> Dataset:
         hit = cache.load(key) if key else None
         if hit is not None:
             x, meta = hit
-            print(f"{pattern}: {len(x)} samples from the cache ({cache.cache_dir()})", file=sys.stderr, flush=True)
+            _say(f"{pattern}: {len(x)} samples from the cache ({cache.cache_dir()})")
         else:
             x, meta = _decode_shards(pattern, shards, opts, background, key)
     labels = None if meta["labels"] is None else torch.tensor(meta["labels"], dtype=torch.int64)
@@ -185,7 +184,7 @@ def _decode_shards(pattern: str, shards: list[str], opts: FolderOptions, backgro
             raise SelfSupError(f"every image in {pattern} is unreadable ({len(bad)} skipped)")
         size, channels, hw, note = _plan([samples[i][4] for i in good], opts.image_size)
         if note:
-            print(f"{pattern}: {note}", file=sys.stderr, flush=True)
+            _say(f"{pattern}: {note}")
         with cache.Builder(key, (len(good), channels, *hw)) as out:  # removed again on any error
             jobs: dict[str, list] = {}  # shard -> its samples' (row, offset, size); rows run on from shard to shard
             for row, i in enumerate(good):
@@ -210,6 +209,6 @@ def _decode_shards(pattern: str, shards: list[str], opts: FolderOptions, backgro
     finally:
         pool.close()
     seconds = time.perf_counter() - t0
-    print(f"{pattern}: decoded {len(samples)} samples from {len(shards)} shard(s) in {seconds:.1f}s "
-          f"({pool.workers} worker(s))" + skipped_note(bad[i] for i in sorted(bad)), file=sys.stderr, flush=True)
+    _say(f"{pattern}: decoded {len(samples)} samples from {len(shards)} shard(s) in {seconds:.1f}s "
+         f"({pool.workers} worker(s))" + skipped_note(bad[i] for i in sorted(bad)))
     return x, meta
