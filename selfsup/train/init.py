@@ -14,13 +14,13 @@ What has to hold for the result to mean anything, checked before anything is wri
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from ..config import Config
-from ..data.corpus import sources_of
+from ..data.corpus import part_holdout, sources_of
+from ..data.holdout import load_holdout
 from ..data.prepare import same_source
 from ..errors import SelfSupError
 from ..rundir import RunPaths, load_run
@@ -56,33 +56,23 @@ def _saved_config(run_dir: str) -> Config:
     return Config.load(paths.config)
 
 
-def _held_out(saved: dict | None, src: str) -> tuple[int, list[int]] | None:
-    """(source size, held-out indices) a run's holdout record (holdout.json) sets aside of source `src`: (n, [])
-    when the run read `src` whole, None when the record does not name `src` (or there is none)."""
-    if saved is None:
-        return None
-    for part in saved.get("parts", []):  # several sources: indices into the union, each part at its offset
-        if same_source(src, part["data"]):
-            lo, hi = part["start"], part["start"] + part["n"]
-            return part["n"], [i - lo for i in saved["indices"] if lo <= i < hi]
-    if "parts" not in saved and same_source(src, saved["data"]):
-        return saved["n"], list(saved["indices"])
-    return None
-
-
 def check_no_leak(cfg: Config, record: dict | None) -> None:
     """Refuse a new run whose holdout (`record`, what its holdout.json will hold; None: no holdout) the init run
-    may have pretrained on."""
+    may have pretrained on. Each source's held-out indices are read as eval reads them (`part_holdout`,
+    `load_holdout`); a source whose size changed since the init run is refused by `load_holdout` itself."""
+    if record is None:
+        return
     init_paths = RunPaths(Path(cfg.init))
     init_sources = sources_of(_saved_config(cfg.init).data)
-    theirs_saved = json.loads(init_paths.holdout.read_text()) if init_paths.holdout.is_file() else None
-    for src in sources_of(cfg.data):
-        mine = _held_out(record, src)
-        if mine is None or not mine[1] or not any(same_source(src, s) for s in init_sources):
-            continue  # nothing of src held out here (its own test split, or read whole), or the init never read it
-        theirs = _held_out(theirs_saved, src)
-        if theirs != mine:
-            why = ("pretrained on all of it" if theirs is None or not theirs[1]
+    for part in record.get("parts") or [dict(data=sources_of(record["data"])[0], n=record["n"])]:
+        src, n = part["data"], part["n"]
+        mine = (part_holdout(record, src, n, same_source) if "parts" in record
+                else torch.tensor(record["indices"], dtype=torch.long))
+        if not len(mine) or not any(same_source(src, s) for s in init_sources):
+            continue  # nothing of src held out here (read whole), or the init run never read it
+        theirs = load_holdout(init_paths, n, src, same_source)  # None: it kept no holdout, so it read src whole
+        if theirs is None or not torch.equal(theirs.sort().values, mine.sort().values):
+            why = ("pretrained on all of it" if theirs is None or not len(theirs)
                    else "held out other documents of it (another --seed or --holdout)")
             raise SelfSupError(f"--init {cfg.init}: that run {why}, so it has seen samples of {src} this run "
                                "tests on; use an init run with the same --seed and --holdout, or evaluate on "
